@@ -1,0 +1,410 @@
+"""The App: composition root of tasks, settings, codec and connections.
+
+There is no global or current app: everything hangs off the ``App`` a user made.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+import anyio
+import anyio.from_thread
+import msgspec
+
+from celeriac.abc import Outgoing, StoredDocument
+from celeriac.brokers import Hub
+from celeriac.config import Settings, load_settings
+from celeriac.errors import ConfigurationError
+from celeriac.messages import Codec, Envelope
+from celeriac.runtime import Bridge, Runtime
+from celeriac.tasks.outcome import PENDING, REVOKED, ErrorInfo, ErrorTypes, Outcome, value_of
+from celeriac.tasks.result import Result
+from celeriac.tasks.task import Task, TaskOptions, make_envelope
+
+if TYPE_CHECKING:
+    from celeriac.worker import Worker
+
+__all__ = ["App"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NOT_YET = {
+    "retry": "failure handling",
+    "rate_limit": "the scheduler",
+    "concurrency": "the scheduler",
+    "dedupe": "failure handling",
+    "breaker": "failure handling",
+}
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "__main__"
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return str(spec.name)
+    path = getattr(main, "__file__", None)
+    return Path(path).stem if path else "__main__"
+
+
+def default_name(fn: Callable[..., Any]) -> str:
+    """A task's default name: ``{module}.{qualname}``."""
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{_module_name(fn)}.{qualname}"
+
+
+class App:
+    """A celeriac application: its tasks, settings and connections.
+
+    ``broker`` is a URL (default: the embedded SQLite file ``./celeriac.db``) or
+    a list of URLs (the first is the default). ``sinks`` names data sinks;
+    ``"default"`` is where results are read. ``config`` is a Python module name
+    or a ``.toml``/``.yaml`` file; environment variables ``CELERIAC_*`` and
+    keyword arguments override it (see :class:`~celeriac.config.Settings`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        broker: str | Sequence[str] | None = None,
+        *,
+        sinks: Mapping[str, str] | None = None,
+        config: str | Path | None = None,
+        routes: Mapping[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.name = name
+        overrides: dict[str, Any] = dict(settings)
+        overrides["broker"] = list(broker) if isinstance(broker, list | tuple) else broker
+        overrides["sinks"] = dict(sinks) if sinks is not None else None
+        overrides["routes"] = dict(routes) if routes is not None else None
+        self.settings: Settings = load_settings(config, overrides)
+        self.hub = Hub()
+        self.tasks: dict[str, Task[..., Any]] = {}
+        self.errors = ErrorTypes()
+        self.codec = self._make_codec()
+        self._bridge = Bridge(self)
+        self._stacks: dict[object, tuple[AsyncExitStack, Runtime]] = {}
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} broker={self.broker_url}>"
+
+    def _make_codec(self) -> Codec:
+        keys = {k: v.encode() for k, v in self.settings.signing_keys.items()}
+        if self.settings.signing_key:
+            keys.setdefault("default", self.settings.signing_key.encode())
+        return Codec(format=self.settings.serializer, keys=keys or None)
+
+    # -- where things go ---------------------------------------------------------
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Every broker URL, the default first."""
+        broker = self.settings.broker
+        return [broker] if isinstance(broker, str) else list(broker)
+
+    @property
+    def broker_url(self) -> str:
+        """The default broker's URL."""
+        return self.broker_urls[0]
+
+    @property
+    def sink_urls(self) -> dict[str, str]:
+        """Every sink by name; ``default`` is beside the default broker unless configured."""
+        sinks = dict(self.settings.sinks)
+        sinks.setdefault("default", self.broker_url)
+        return sinks
+
+    def _route(self, name: str, queue: str | None) -> tuple[str, str | None]:
+        route = self.settings.routes.get(name)
+        if route is None:
+            return self.broker_url, queue
+        if "://" in route:
+            url, _, routed_queue = route.partition("#")
+            if url not in self.broker_urls:
+                raise ConfigurationError(f"route for {name!r} names unknown broker {url!r}")
+            return url, queue or routed_queue or None
+        return self.broker_url, queue or route
+
+    def queues(self) -> list[str]:
+        """Every queue the registered tasks are routed to (``default`` included)."""
+        names = {"default"} | {task.options.queue for task in self.tasks.values()}
+        return sorted(names)
+
+    # -- tasks -------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        time_limit: float | None = None,
+        expires: float | None = None,
+        ignore_result: bool = False,
+        boxed: bool = False,
+        sinks: Sequence[str] = ("default",),
+        **unsupported: Any,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        time_limit: float | None = None,
+        expires: float | None = None,
+        ignore_result: bool = False,
+        boxed: bool = False,
+        sinks: Sequence[str] = ("default",),
+        **unsupported: Any,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task (``@app.task`` or ``@app.task(...)``).
+
+        ``async def`` runs as a coroutine on the worker's loop, ``def`` in a worker
+        thread, and ``boxed=True`` in a separate process.
+        """
+
+        def decorate(func: Callable[P, R]) -> Task[P, R]:
+            return self.register(
+                name or default_name(func),
+                func,
+                queue=queue,
+                priority=priority,
+                time_limit=time_limit,
+                expires=expires,
+                ignore_result=ignore_result,
+                boxed=boxed,
+                sinks=sinks,
+                **unsupported,
+            )
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def register(
+        self,
+        name: str,
+        fn: Callable[P, R],
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        time_limit: float | None = None,
+        expires: float | None = None,
+        ignore_result: bool = False,
+        boxed: bool = False,
+        sinks: Sequence[str] = ("default",),
+        **unsupported: Any,
+    ) -> Task[P, R]:
+        """Register any callable (or object with ``__call__``) as task ``name``."""
+        for option in unsupported:
+            area = _NOT_YET.get(option)
+            if area is None:
+                raise TypeError(f"unknown task option {option!r}")
+            raise ConfigurationError(
+                f"task option {option!r} belongs to {area}, which this version does not have yet"
+            )
+        if not callable(fn):
+            raise TypeError(f"task {name!r} is not callable: {fn!r}")
+        if name in self.tasks and self.tasks[name].fn is not fn:
+            raise ConfigurationError(f"a different task is already registered as {name!r}")
+        unknown_sinks = set(sinks) - set(self.sink_urls)
+        if unknown_sinks:
+            raise ConfigurationError(f"task {name!r} names unknown sink(s) {sorted(unknown_sinks)}")
+        _, routed_queue = self._route(name, queue)
+        options = TaskOptions(
+            queue=routed_queue or "default",
+            priority=priority,
+            time_limit=time_limit,
+            expires=expires,
+            ignore_result=ignore_result,
+            boxed=boxed,
+            sinks=tuple(sinks),
+        )
+        if not 0 <= priority <= 9:
+            raise ValueError(f"priority must be between 0 and 9, not {priority}")
+        task: Task[P, R] = Task(self, name, fn, options)
+        self.tasks[name] = task
+        module = getattr(fn, "__module__", None)
+        if module:
+            self.errors.allow_module(module)
+        return task
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        expires: datetime | float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ignore_result: bool | None = None,
+    ) -> Result[Any]:
+        """Call a task by name; the caller needs none of its code."""
+        task = self.tasks.get(name)
+        options = task.options if task is not None else TaskOptions()
+        envelope = make_envelope(
+            name,
+            args,
+            kwargs,
+            options,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue or (None if task is not None else self._route(name, None)[1]),
+            task_id=task_id,
+            headers=headers,
+            ignore_result=ignore_result,
+        )
+        return self.publish(envelope)
+
+    def publish(self, envelope: Envelope) -> Result[Any]:
+        """Encode ``envelope`` and hand it to the publisher; never waits on the network."""
+        url, _ = self._route(envelope.name, None)
+        try:
+            body = self.codec.encode(envelope)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"arguments of {envelope.name} cannot be serialized: {exc}") from exc
+        message = Outgoing(
+            queue=envelope.queue,
+            id=envelope.id,
+            body=body,
+            priority=envelope.priority,
+            eta=envelope.eta,
+        )
+        self._bridge.submit(url, message)
+        return Result(self, envelope.id, envelope.name)
+
+    def result(self, id: str) -> Result[Any]:
+        """A handle on the result of task ``id``."""
+        return Result(self, id)
+
+    # -- running -----------------------------------------------------------------
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app (see :class:`~celeriac.worker.Worker` for options)."""
+        from celeriac.worker import Worker
+
+        return Worker(self, **options)
+
+    async def __aenter__(self) -> App:
+        """Start this app's runtime in the current event loop (publisher, result waiter)."""
+        from celeriac.runtime import loop_key
+
+        key = loop_key()
+        if key in self._stacks:
+            raise RuntimeError(f"{self!r} is already started in this event loop")
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        runtime = Runtime(self)
+        await tg.start(runtime.run)
+        self._bridge.attach(runtime)
+        self._stacks[key] = (stack, runtime)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        from celeriac.runtime import loop_key
+
+        stack, runtime = self._stacks.pop(loop_key())
+        self._bridge.detach(runtime)
+        await runtime.stop()
+        await stack.aclose()
+
+    def close(self) -> None:
+        """Publish what is still in the background backlog, then stop it."""
+        self._bridge.close()
+
+    @contextmanager
+    def testing(self, **worker_options: Any) -> Iterator[App]:
+        """Switch to the memory broker and run an in-process worker for the block.
+
+        Tasks go through the real machinery (serialization, worker, results), so
+        ``add.delay(1, 2).get()`` works with no server and no second process.
+        """
+        saved = (self.settings, self.hub)
+        self._bridge.close()
+        self.settings = msgspec.structs.replace(
+            self.settings, broker="memory://testing", sinks={"default": "memory://testing"}
+        )
+        self.hub = Hub()
+        worker_options.setdefault("grace", 5.0)
+        worker_options.setdefault("heartbeat", 0.5)
+        worker = self.worker(**worker_options)
+        with anyio.from_thread.start_blocking_portal() as portal:
+            future, _ = portal.start_task(worker.run)
+            try:
+                yield self
+            finally:
+                self._bridge.close()
+                portal.call(worker.request_stop)
+                future.result(timeout=30)
+                self.settings, self.hub = saved
+
+    # -- what Result and the CLI call, inside a runtime ---------------------------------
+
+    def _outcome(self, doc: StoredDocument) -> Outcome:
+        envelope = self.codec.decode(doc.body)
+        return msgspec.convert(envelope.body, Outcome)
+
+    async def _state_of(self, runtime: Runtime, id: str) -> str:
+        found = await runtime.sink.get([id])
+        doc = found.get(id)
+        return doc.state if doc is not None else PENDING
+
+    async def _wait_value(self, runtime: Runtime, id: str, timeout: float | None) -> Any:
+        assert runtime.results is not None
+        doc = await runtime.results.wait(id, timeout)
+        return value_of(self._outcome(doc), self.errors)
+
+    async def _revoke(self, runtime: Runtime, ids: Sequence[str]) -> None:
+        from celeriac.tasks.outcome import document_for
+
+        await runtime.broker.revoke(list(ids), self.settings.revoke_ttl)
+        docs = []
+        for id in ids:
+            outcome = Outcome(
+                state=REVOKED,
+                error=ErrorInfo(type="TaskRevoked", module="celeriac.errors", message="revoked"),
+            )
+            body = self.codec.encode(document_for(Envelope(id=id, name=""), outcome))
+            docs.append(StoredDocument(id=id, state=REVOKED, body=body))
+        await runtime.sink.store_if_absent(docs, self.settings.result_ttl)
+
+    async def _status(self, runtime: Runtime) -> dict[str, Any]:
+        return {
+            "queues": {q: s for q, s in (await runtime.broker.stats()).items()},
+            "workers": await runtime.broker.workers(),
+        }
+
+

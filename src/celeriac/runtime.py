@@ -1,0 +1,300 @@
+"""The app's live side in one event loop, and the bridge that finds it for a caller.
+
+An :class:`App` is plain configuration; I/O happens in a :class:`Runtime`: the
+broker and sink connections, the publisher coroutine and the result waiter of
+one event loop. A caller gets a runtime through the :class:`Bridge`:
+
+* inside a loop where the app was started (``async with app:``, a worker,
+  ``celeriac dev``), that loop's runtime, directly;
+* anywhere else (plain sync code, or a loop where the app was not started), the
+  app's background runtime: one daemon thread running its own loop, reached
+  through an anyio blocking portal, started on first use and flushed at exit.
+
+So every call that does I/O works from sync code and from asyncio or trio code
+without the user picking a different function.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import sniffio
+
+from celeriac._notify import Notifier
+from celeriac.abc import Broker, DataSink, StoredDocument
+from celeriac.brokers import open_broker
+from celeriac.errors import ResultTimeout
+from celeriac.publisher import Publisher
+from celeriac.sinks import open_sink
+
+if TYPE_CHECKING:
+    from celeriac.app import App
+
+__all__ = ["Bridge", "Runtime", "loop_key"]
+
+log = logging.getLogger("celeriac.runtime")
+
+T = TypeVar("T")
+
+
+def loop_key() -> object | None:
+    """An identity for the event loop running in this thread, or None outside one."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    if library == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class ResultWaiter:
+    """One polling loop per runtime that resolves every pending result wait."""
+
+    def __init__(self, sink: DataSink, states: frozenset[str]) -> None:
+        self.sink = sink
+        self.states = states
+        self._pending: dict[str, list[anyio.Event]] = {}
+        self._found: dict[str, StoredDocument] = {}
+        self._changed = Notifier()
+
+    async def wait(self, id: str, timeout: float | None) -> StoredDocument:
+        event = anyio.Event()
+        self._pending.setdefault(id, []).append(event)
+        self._changed.notify()
+        try:
+            with anyio.fail_after(timeout):
+                await event.wait()
+        except TimeoutError:
+            raise ResultTimeout(f"no result for task {id} within {timeout}s") from None
+        finally:
+            waiters = self._pending.get(id)
+            if waiters is not None and event in waiters:
+                waiters.remove(event)
+                if not waiters:
+                    del self._pending[id]
+        return self._found.pop(id) if id not in self._pending else self._found[id]
+
+    async def run(self) -> None:
+        while True:
+            version = self._changed.version
+            if not self._pending:
+                await self._changed.wait(version)
+                continue
+            ids = list(self._pending)[:1024]
+            found = await self.sink.wait(ids, 0.1, self.states)
+            for id, doc in found.items():
+                waiters = self._pending.pop(id, None)
+                if waiters:
+                    self._found[id] = doc
+                    for event in waiters:
+                        event.set()
+
+
+class Runtime:
+    """Connections, publisher and result waiter of an app in one event loop."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.brokers: dict[str, Broker] = {}
+        self.sinks: dict[str, DataSink] = {}
+        self.publisher: Publisher | None = None
+        self.results: ResultWaiter | None = None
+        self.loop: object | None = None
+        self._cancel: anyio.CancelScope | None = None
+
+    @property
+    def broker(self) -> Broker:
+        """The app's default broker."""
+        return self.brokers[self.app.broker_url]
+
+    @property
+    def sink(self) -> DataSink:
+        """The app's default sink (where results are read)."""
+        return self.sinks["default"]
+
+    async def open(self) -> None:
+        """Connect to every broker and sink of the app."""
+        for url in self.app.broker_urls:
+            broker = open_broker(url, self.app.hub)
+            await broker.connect()
+            self.brokers[url] = broker
+        for name, url in self.app.sink_urls.items():
+            sink = open_sink(url, self.app.hub)
+            await sink.connect()
+            self.sinks[name] = sink
+
+    async def close(self) -> None:
+        """Close every connection (the publisher must have been drained first)."""
+        for sink in self.sinks.values():
+            with anyio.CancelScope(shield=True):
+                await sink.close()
+        for broker in self.brokers.values():
+            with anyio.CancelScope(shield=True):
+                await broker.close()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open, publish and wait for results until cancelled; then flush and close."""
+        from celeriac.tasks.outcome import TERMINAL
+
+        self.loop = loop_key()
+        await self.open()
+        self.publisher = Publisher(self.brokers)
+        self.results = ResultWaiter(self.sink, TERMINAL)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.publisher.run)
+                tg.start_soon(self.results.run)
+                self._cancel = tg.cancel_scope
+                task_status.started()
+        finally:
+            await self.close()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Flush the publisher (at most ``timeout`` seconds), then stop :meth:`run`."""
+        if self.publisher is not None:
+            if not await self.publisher.flush(timeout):
+                log.error(
+                    "%d message(s) not published at shutdown: the broker did not accept them",
+                    len(self.publisher),
+                )
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+
+class Bridge:
+    """Finds or starts the runtime for the calling context."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._loops: dict[object, Runtime] = {}
+        self._lock = threading.Lock()
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._background: Runtime | None = None
+        self._thread: threading.Thread | None = None
+        self._last_background: Runtime | None = None
+
+    def attach(self, runtime: Runtime) -> None:
+        """Make ``runtime`` the one callers in its loop use."""
+        self._loops[runtime.loop] = runtime
+
+    def detach(self, runtime: Runtime) -> None:
+        """Forget ``runtime`` (it is stopping)."""
+        if self._loops.get(runtime.loop) is runtime:
+            del self._loops[runtime.loop]
+
+    def here(self) -> Runtime | None:
+        """The runtime started in the calling loop, if any."""
+        if not self._loops:
+            return None
+        return self._loops.get(loop_key())
+
+    def _start_background(self) -> tuple[anyio.from_thread.BlockingPortal, Runtime]:
+        with self._lock:
+            if self._portal is not None and self._background is not None:
+                return self._portal, self._background
+            ready = threading.Event()
+            runtime = Runtime(self.app)
+            failure: list[BaseException] = []
+
+            async def main() -> None:
+                try:
+                    async with anyio.from_thread.BlockingPortal() as portal:
+                        async with anyio.create_task_group() as tg:
+                            await tg.start(runtime.run)
+                            self._portal = portal
+                            self._background = runtime
+                            ready.set()
+                            await portal.sleep_until_stopped()
+                            tg.cancel_scope.cancel()
+                except BaseException as exc:
+                    failure.append(exc)
+                    ready.set()
+                    raise
+
+            def target() -> None:
+                try:
+                    anyio.run(main)
+                except BaseException:  # reported to the caller through `failure`
+                    pass
+
+            thread = threading.Thread(target=target, name=f"celeriac-{self.app.name}", daemon=True)
+            thread.start()
+            ready.wait()
+            if failure:
+                raise failure[0]
+            assert self._portal is not None
+            self._thread = thread
+            self._last_background = runtime
+            atexit.register(self.close)
+            return self._portal, runtime
+
+    def submit(self, broker_url: str, message: Any) -> None:
+        """Hand an encoded message to the publisher of the calling context."""
+        runtime = self.here()
+        if runtime is None:
+            _, runtime = self._start_background()
+        assert runtime.publisher is not None
+        runtime.publisher.submit(broker_url, message)
+
+    def call_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(runtime, *args)`` from sync code and return its value."""
+        if loop_key() is not None:
+            raise RuntimeError(
+                "this call blocks; inside async code use its async form "
+                "(await result, await result.get_async(), await result.revoke_async())"
+            )
+        portal, runtime = self._start_background()
+        return portal.call(fn, runtime, *args)
+
+    async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(runtime, *args)`` from async code, in this loop's runtime if any."""
+        runtime = self.here()
+        if runtime is not None:
+            return await fn(runtime, *args)
+        portal, background = self._start_background()
+
+        def blocking() -> T:
+            return portal.call(fn, background, *args)
+
+        return await anyio.to_thread.run_sync(blocking, abandon_on_cancel=True)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush and stop the background runtime, if it was started."""
+        with self._lock:
+            portal, self._portal = self._portal, None
+            thread, self._thread = self._thread, None
+            self._background = None
+        atexit.unregister(self.close)
+        if portal is None or thread is None:
+            return
+        try:
+            portal.call(_flush, self._last_background, timeout)
+            portal.call(portal.stop)
+        except RuntimeError:  # the loop is already gone
+            pass
+        thread.join(timeout)
+
+
+
+
+async def _flush(runtime: Runtime | None, timeout: float) -> None:
+    if runtime is not None and runtime.publisher is not None:
+        if not await runtime.publisher.flush(timeout):
+            log.error(
+                "%d message(s) not published at exit: the broker did not accept them",
+                len(runtime.publisher),
+            )

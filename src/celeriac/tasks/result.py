@@ -1,0 +1,81 @@
+"""Result: a handle on a published task's outcome, usable from sync and async code."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from celeriac.app import App
+
+__all__ = ["Result"]
+
+R = TypeVar("R")
+
+
+class Result(Generic[R]):
+    """The outcome of one task call.
+
+    ``get(timeout)`` blocks (sync code); ``await result`` waits without blocking
+    (asyncio or trio). Both return the task's value or raise its error, rebuilt as
+    the same exception type where that type is trusted, else
+    :class:`~celeriac.errors.TaskError`.
+    """
+
+    __slots__ = ("app", "id", "name")
+
+    def __init__(self, app: App, id: str, name: str = "") -> None:
+        self.app = app
+        self.id = id
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Result {self.name} {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Result) and other.id == self.id and other.app is self.app
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def state(self) -> str:
+        """PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED (a sync call)."""
+        return self.app._bridge.call_sync(self.app._state_of, self.id)
+
+    async def get_state(self) -> str:
+        """:attr:`state`, for async code."""
+        return await self.app._bridge.call_async(self.app._state_of, self.id)
+
+    def get(self, timeout: float | None = None) -> R:
+        """Wait for the task's value (or error), at most ``timeout`` seconds."""
+        value: R = self.app._bridge.call_sync(self.app._wait_value, self.id, timeout)
+        return value
+
+    async def get_async(self, timeout: float | None = None) -> R:
+        """:meth:`get` for async code (``await result`` does the same with no timeout)."""
+        value: R = await self.app._bridge.call_async(self.app._wait_value, self.id, timeout)
+        return value
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.get_async().__await__()
+
+    def ready(self) -> bool:
+        """Whether the task has finished (succeeded, failed or was revoked)."""
+        return self.state in ("SUCCESS", "FAILURE", "REVOKED")
+
+    def successful(self) -> bool:
+        """Whether the task finished with a value."""
+        return self.state == "SUCCESS"
+
+    def failed(self) -> bool:
+        """Whether the task finished with an error."""
+        return self.state == "FAILURE"
+
+    def revoke(self) -> None:
+        """Cancel the task: if not started it never runs; if running it is cancelled."""
+        self.app._bridge.call_sync(self.app._revoke, [self.id])
+
+    async def revoke_async(self) -> None:
+        """:meth:`revoke` for async code."""
+        await self.app._bridge.call_async(self.app._revoke, [self.id])

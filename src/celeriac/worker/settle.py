@@ -1,0 +1,160 @@
+"""The result publisher (CEP "Result Publisher"): store outcomes, then acknowledge.
+
+Runners hand it finished jobs; it writes their result documents to the sinks in
+batches and only then acknowledges the deliveries: an outcome is durable before
+its message is forgotten, so a crash in between means a redelivery, never a loss.
+It also carries dead letters, releases (nack) and plain acks, in the same order
+guarantee. If a sink or the broker fails, the batch is retried with backoff and
+nothing is acknowledged until it succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import anyio
+
+from celeriac._notify import Notifier
+from celeriac.abc import Broker, DataSink, Delivery, StoredDocument
+
+__all__ = ["ResultPublisher"]
+
+log = logging.getLogger("celeriac.worker")
+
+
+class _Batch:
+    __slots__ = ("acks", "dead", "docs", "nacks", "started")
+
+    def __init__(self) -> None:
+        self.docs: list[tuple[Sequence[str], StoredDocument]] = []
+        self.started: dict[str, StoredDocument] = {}
+        self.acks: list[Delivery] = []
+        self.dead: list[tuple[Delivery, str]] = []
+        self.nacks: list[tuple[Delivery, float]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.docs or self.started or self.acks or self.dead or self.nacks)
+
+    def deliveries(self) -> list[Delivery]:
+        return self.acks + [d for d, _ in self.dead] + [d for d, _ in self.nacks]
+
+
+class ResultPublisher:
+    """Batches outcome documents and acknowledgements; store first, then ack."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        sinks: Mapping[str, DataSink],
+        *,
+        result_ttl: float | None,
+        on_settled: Callable[[Sequence[Delivery]], None],
+        backoff: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        self.broker = broker
+        self.sinks = sinks
+        self.result_ttl = result_ttl
+        self.on_settled = on_settled
+        self.backoff = backoff
+        self._batch = _Batch()
+        self._wakeup = Notifier()
+        self._idle = Notifier()
+        self._busy = False
+        self._closing = False
+
+    def _kick(self) -> None:
+        if not self._busy:
+            self._wakeup.notify()
+
+    def started(self, doc: StoredDocument) -> None:
+        """Record that a task started (superseded by its outcome in the same batch)."""
+        self._batch.started[doc.id] = doc
+        self._kick()
+
+    def finished(self, delivery: Delivery, doc: StoredDocument | None, sinks: Sequence[str]) -> None:
+        """Store ``doc`` (if any) in ``sinks``, then ack ``delivery``."""
+        batch = self._batch
+        if doc is not None:
+            batch.started.pop(doc.id, None)
+            batch.docs.append((sinks, doc))
+        batch.acks.append(delivery)
+        self._kick()
+
+    def dead_letter(self, delivery: Delivery, reason: str, doc: StoredDocument | None = None) -> None:
+        """Move ``delivery`` to the dead-letter store (after storing ``doc``, if any)."""
+        if doc is not None:
+            self._batch.started.pop(doc.id, None)
+            self._batch.docs.append((("default",), doc))
+        self._batch.dead.append((delivery, reason))
+        self._kick()
+
+    def release(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Return ``delivery`` to its queue (nack), due again after ``delay`` seconds."""
+        self._batch.nacks.append((delivery, delay))
+        self._kick()
+
+    def pending(self) -> int:
+        """How many deliveries wait to be settled."""
+        return len(self._batch.deliveries())
+
+    async def flush(self) -> None:
+        """Wait until everything handed over so far is settled."""
+        while self._batch or self._busy:
+            version = self._idle.version
+            self._wakeup.notify()
+            await self._idle.wait(version, timeout=0.5)
+
+    def close(self) -> None:
+        """Ask :meth:`run` to return once everything is settled."""
+        self._closing = True
+        self._wakeup.notify()
+
+    async def _write(self, batch: _Batch) -> None:
+        by_sink: dict[str, list[StoredDocument]] = {}
+        if batch.started:
+            await self.sinks["default"].store(list(batch.started.values()), self.result_ttl)
+        for names, doc in batch.docs:
+            for name in names:
+                by_sink.setdefault(name, []).append(doc)
+        for name, docs in by_sink.items():
+            await self.sinks[name].store(docs, self.result_ttl)
+        if batch.acks:
+            await self.broker.ack(batch.acks)
+        if batch.dead:
+            by_reason: dict[str, list[Delivery]] = {}
+            for delivery, reason in batch.dead:
+                by_reason.setdefault(reason, []).append(delivery)
+            for reason, deliveries in by_reason.items():
+                await self.broker.dead_letter(deliveries, reason)
+        if batch.nacks:
+            by_delay: dict[float, list[Delivery]] = {}
+            for delivery, delay in batch.nacks:
+                by_delay.setdefault(delay, []).append(delivery)
+            for delay, deliveries in by_delay.items():
+                await self.broker.nack(deliveries, delay)
+
+    async def run(self) -> None:
+        """Settle batches until closed and empty."""
+        while True:
+            version = self._wakeup.version
+            if not self._batch:
+                self._idle.notify()
+                if self._closing:
+                    return
+                await self._wakeup.wait(version)
+                continue
+            batch, self._batch = self._batch, _Batch()
+            self._busy = True
+            delay = self.backoff[0]
+            while True:
+                try:
+                    with anyio.CancelScope(shield=self._closing):
+                        await self._write(batch)
+                    break
+                except Exception as exc:
+                    log.warning("could not settle %d outcome(s), retrying: %r", len(batch.docs), exc)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, self.backoff[1])
+            self._busy = False
+            self.on_settled(batch.deliveries())
