@@ -1,0 +1,5 @@
+"""``python -m celeriac`` is the ``celeriac`` command."""
+
+from celeriac.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""Running a worker (and optionally a program beside it) until a signal arrives."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import click
+
+from celeriac.app import App
+from celeriac.worker import Worker
+
+__all__ = ["load_callable", "run_worker"]
+
+log = logging.getLogger("celeriac.cli")
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """Import ``module:function``."""
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise click.BadParameter(f"{spec!r} is not module:function")
+    module = importlib.import_module(module_name)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise click.BadParameter(f"{spec} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+async def _watch_signals(worker: Worker, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            if count == 1:
+                log.warning(
+                    "%s: stopping gracefully (send it again to stop at once)",
+                    signal.Signals(signum).name,
+                )
+                worker.request_stop()
+            else:
+                log.warning("second signal: stopping now; unfinished tasks will be redelivered")
+                scope.cancel()
+                return
+
+
+async def _run_program(app: App, program: Callable[..., Any]) -> Any:
+    if inspect.iscoroutinefunction(program):
+        return await program(app)
+    return await anyio.to_thread.run_sync(program, app)
+
+
+def run_worker(
+    app: App,
+    *,
+    loop: str,
+    program: Callable[..., Any] | None = None,
+    **options: Any,
+) -> int:
+    """Run a worker until SIGTERM/SIGINT, or until ``program(app)`` returns."""
+    exit_code = 0
+
+    async def main() -> None:
+        nonlocal exit_code
+        worker = Worker(app, **options)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, worker, tg.cancel_scope)
+            await tg.start(worker.run)
+            if program is not None:
+                try:
+                    result = await _run_program(app, program)
+                    if isinstance(result, int):
+                        exit_code = result
+                except Exception:
+                    log.exception("the program given with --run failed")
+                    exit_code = 1
+                worker.request_stop()
+            await worker.wait_stopped()
+            tg.cancel_scope.cancel()
+
+    backend_options: dict[str, Any] = {}
+    if loop == "asyncio":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            backend_options["use_uvloop"] = True
+    anyio.run(main, backend=loop, backend_options=backend_options)
+    return exit_code
