@@ -19,7 +19,8 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -146,22 +147,37 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 await broker.close()
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Open, publish and wait for results until cancelled; then flush and close."""
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        """Open connections and run the publisher and result waiter for the block.
+
+        On exit the publisher is flushed (bounded) and connections are closed, even
+        when the block is cancelled, so work done inside the block is not cut off.
+        """
         from celeriac.tasks.outcome import TERMINAL
 
         self.loop = loop_key()
         await self.open()
-        self.publisher = Publisher(self.brokers)
-        self.results = ResultWaiter(self.sink, TERMINAL)
         try:
+            self.publisher = Publisher(self.brokers)
+            self.results = ResultWaiter(self.sink, TERMINAL)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.publisher.run)
                 tg.start_soon(self.results.run)
                 self._cancel = tg.cancel_scope
-                task_status.started()
+                try:
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.stop()
         finally:
             await self.close()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (see :meth:`running`)."""
+        async with self.running():
+            task_status.started()
+            await anyio.sleep_forever()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush the publisher (at most ``timeout`` seconds), then stop :meth:`run`."""
@@ -188,8 +204,8 @@ class Bridge:
         self._last_background: Runtime | None = None
 
     def attach(self, runtime: Runtime) -> None:
-        """Make ``runtime`` the one callers in its loop use."""
-        self._loops[runtime.loop] = runtime
+        """Make ``runtime`` the one callers in its loop use (the first one attached wins)."""
+        self._loops.setdefault(runtime.loop, runtime)
 
     def detach(self, runtime: Runtime) -> None:
         """Forget ``runtime`` (it is stopping)."""

@@ -119,7 +119,12 @@ class Codec:
             raise SignatureError(f"unsupported signature scheme {scheme!r}")
         if kid not in self.keys:
             raise SignatureError(f"message signed with unknown key id {kid!r}")
-        if not hmac.compare_digest(digest, self._digest(kid, envelope)):
+        try:
+            expected = self._digest(kid, envelope)
+        except (TypeError, ValueError) as exc:  # e.g. msgpack ext values, non-string map keys
+            raise SignatureError(f"message has no canonical JSON form: {exc}") from exc
+        # Compare bytes: compare_digest refuses str with non-ASCII characters.
+        if not hmac.compare_digest(digest.encode("utf-8", "surrogatepass"), expected.encode()):
             raise SignatureError("signature does not match the message")
 
     def encode(self, envelope: Envelope) -> bytes:
@@ -133,6 +138,10 @@ class Codec:
 
     def decode(self, data: bytes, *, verify: bool = True) -> Envelope:
         """Parse and check ``data``: size, format, schema, version, then signature."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError(
+                f"message body is {type(data).__name__}, not bytes (store it as a BLOB)"
+            )
         if len(data) > self.max_size:
             raise DecodeError(f"message of {len(data)} bytes is over the {self.max_size} limit")
         fmt = _detect(data)
@@ -140,7 +149,8 @@ class Codec:
             raise DecodeError(f"{fmt} messages are not accepted here")
         try:
             envelope = _json_decoder.decode(data) if fmt == "json" else _msgpack_decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            # msgspec reports invalid UTF-8 inside strings as UnicodeDecodeError
             raise DecodeError(f"malformed envelope: {exc}") from exc
         except RecursionError as exc:  # absurdly deep nesting
             raise DecodeError("malformed envelope: nested too deeply") from exc

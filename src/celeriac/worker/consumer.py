@@ -68,7 +68,7 @@ class Consumer:
         self.prefetch = prefetch
         self.fetch_timeout = fetch_timeout
         self.held: dict[object, Delivery] = {}
-        self.ids: set[str] = set()
+        self.ids: dict[str, object] = {}  # message id -> key of the delivery being processed
         self._room = Notifier()
         self._stopping = False
         self._done = anyio.Event()
@@ -79,8 +79,9 @@ class Consumer:
         """The result publisher settled these: make room for more."""
         held, ids = self.held, self.ids
         for delivery in deliveries:
-            if held.pop(_key(delivery), None) is not None:
-                ids.discard(delivery.id)
+            key = _key(delivery)
+            if held.pop(key, None) is not None and ids.get(delivery.id) == key:
+                del ids[delivery.id]
                 self.recent.add(delivery.id)
         self._room.notify()
 
@@ -123,17 +124,17 @@ class Consumer:
                 settle.dead_letter(delivery, f"{type(exc).__name__}: {exc}")
                 continue
             id = envelope.id
-            if id in self.ids:
-                continue  # the copy we are already processing will settle this message
-            if id in self.recent:
+            key = _key(delivery)
+            if self.ids.get(id) == key:
+                continue  # the same broker message again: settling the one we hold settles it
+            if id in self.ids or id in self.recent:
                 self.duplicates += 1
                 log.warning("duplicate message %s (%s) dropped", id, envelope.name)
-                self.held[_key(delivery)] = delivery
-                self.ids.add(id)
+                self.held[key] = delivery
                 settle.finished(delivery, None, ())
                 continue
-            self.held[_key(delivery)] = delivery
-            self.ids.add(id)
+            self.held[key] = delivery
+            self.ids[id] = key
             if envelope.kind != "command":
                 settle.dead_letter(delivery, f"UnsupportedKind: {envelope.kind} messages are not run")
                 continue

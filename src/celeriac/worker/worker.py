@@ -135,78 +135,80 @@ class Worker:
         runtime = self.runtime = Runtime(app)
         loop_name = sniffio.current_async_library()
         try:
-            async with anyio.create_task_group() as outer:
-                await outer.start(runtime.run)
+            async with runtime.running():
                 app._bridge.attach(runtime)
-                broker = runtime.broker
-                lease = float(getattr(broker, "visibility_timeout", 30.0))
-                consumer_ref: list[Consumer] = []
-                settle = ResultPublisher(
-                    broker,
-                    runtime.sinks,
-                    result_ttl=app.settings.result_ttl,
-                    on_settled=lambda ds: consumer_ref[0].settled(ds),
-                )
-                is_revoked = self.revoked.__contains__
-                for kind, budget in self.budgets.items():
-                    self.executors[kind] = Executor(
-                        kind,
-                        budget,
-                        settle,
-                        app.codec,
-                        worker_name=self.name,
-                        is_revoked=is_revoked,
-                        track_started=app.settings.track_started,
-                    )
-                consumer = self.consumer = Consumer(
-                    broker,
-                    self.queues,
-                    app.tasks,
-                    self.executors,
-                    settle,
-                    app.codec,
-                    recent=self.recent,
-                    is_revoked=is_revoked,
-                    prefetch=self.prefetch,
-                )
-                consumer_ref.append(consumer)
-                control = Control(
-                    broker,
-                    name=self.name,
-                    queues=self.queues,
-                    held=lambda: list(consumer.held.values()),
-                    cancel=self._cancel,
-                    load=self.stats,
-                    revoked=self.revoked,
-                    lease=lease,
-                    heartbeat=self.heartbeat,
-                    loop=loop_name,
-                )
-                async with anyio.create_task_group() as parts:
-                    parts.start_soon(settle.run)
-                    for executor in self.executors.values():
-                        await parts.start(executor.run)
-                    await parts.start(control.run)
-                    await parts.start(consumer.run)
-                    log.info(
-                        "worker %s ready: queues %s, tasks %s",
-                        self.name,
-                        ",".join(self.queues),
-                        ",".join(sorted(app.tasks)),
-                    )
-                    task_status.started()
-                    try:
-                        await self._stop.wait()
-                    finally:
-                        with anyio.CancelScope(shield=True):
-                            await self._shutdown(consumer, settle, control)
-                        parts.cancel_scope.cancel()
-                app._bridge.detach(runtime)
-                with anyio.CancelScope(shield=True):
-                    await runtime.stop()
+                await self._serve(runtime, loop_name, task_status)
         finally:
             app._bridge.detach(runtime)
             self._stopped.set()
+
+    async def _serve(
+        self, runtime: Runtime, loop_name: str, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        app = self.app
+        broker = runtime.broker
+        lease = float(getattr(broker, "visibility_timeout", 30.0))
+        consumer_ref: list[Consumer] = []
+        settle = ResultPublisher(
+            broker,
+            runtime.sinks,
+            result_ttl=app.settings.result_ttl,
+            on_settled=lambda ds: consumer_ref[0].settled(ds),
+        )
+        is_revoked = self.revoked.__contains__
+        for kind, budget in self.budgets.items():
+            self.executors[kind] = Executor(
+                kind,
+                budget,
+                settle,
+                app.codec,
+                worker_name=self.name,
+                is_revoked=is_revoked,
+                track_started=app.settings.track_started,
+            )
+        consumer = self.consumer = Consumer(
+            broker,
+            self.queues,
+            app.tasks,
+            self.executors,
+            settle,
+            app.codec,
+            recent=self.recent,
+            is_revoked=is_revoked,
+            prefetch=self.prefetch,
+        )
+        consumer_ref.append(consumer)
+        control = Control(
+            broker,
+            name=self.name,
+            queues=self.queues,
+            held=lambda: list(consumer.held.values()),
+            cancel=self._cancel,
+            load=self.stats,
+            revoked=self.revoked,
+            lease=lease,
+            heartbeat=self.heartbeat,
+            loop=loop_name,
+        )
+        async with anyio.create_task_group() as parts:
+            parts.start_soon(settle.run)
+            for executor in self.executors.values():
+                await parts.start(executor.run)
+            await parts.start(control.run)
+            await parts.start(consumer.run)
+            log.info(
+                "worker %s ready: queues %s, tasks %s",
+                self.name,
+                ",".join(self.queues),
+                ",".join(sorted(app.tasks)),
+            )
+            task_status.started()
+            try:
+                await self._stop.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown(consumer, settle, control)
+                parts.cancel_scope.cancel()
 
     async def _shutdown(self, consumer: Consumer, settle: ResultPublisher, control: Control) -> None:
         log.info("worker %s stopping: no new tasks; %ss grace for running ones", self.name, self.grace)
