@@ -11,11 +11,11 @@ in between.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 
 import anyio
-import sniffio
 
 __all__ = ["Notifier", "loop_waker"]
 
@@ -23,22 +23,13 @@ __all__ = ["Notifier", "loop_waker"]
 def loop_waker(event: anyio.Event) -> Callable[[], None]:
     """A callable that sets ``event`` from any thread, made inside ``event``'s loop."""
     owner = threading.get_ident()
-    library = sniffio.current_async_library()
-    if library == "trio":
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        call_soon: Callable[[Callable[[], object]], object] = loop.call_soon_threadsafe
+    else:
         import trio
 
-        token = trio.lowlevel.current_trio_token()
-
-        def call_soon(fn: Callable[[], object]) -> None:
-            token.run_sync_soon(fn)
-
-    else:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-
-        def call_soon(fn: Callable[[], object]) -> None:
-            loop.call_soon_threadsafe(fn)
+        call_soon = trio.lowlevel.current_trio_token().run_sync_soon
 
     def wake() -> None:
         if threading.get_ident() == owner:

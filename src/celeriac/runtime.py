@@ -16,7 +16,10 @@ without the user picking a different function.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import itertools
+import sys
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +28,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
-import sniffio
 
 from celeriac._notify import Notifier
 from celeriac.abc import Broker, DataSink, StoredDocument
@@ -45,21 +47,20 @@ T = TypeVar("T")
 
 
 def loop_key() -> object | None:
-    """An identity for the event loop running in this thread, or None outside one."""
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return None
-    if library == "trio":
-        import trio
+    """An identity for the event loop running in this thread, or None outside one.
 
-        return trio.lowlevel.current_trio_token()
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    Called on every publish and result wait, so it avoids sniffio's slower path.
+    """
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return loop
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return None
+    return None
 
 
 class ResultWaiter:
@@ -73,12 +74,20 @@ class ResultWaiter:
         self._changed = Notifier()
 
     async def wait(self, id: str, timeout: float | None) -> StoredDocument:
+        """The terminal document for ``id``, waiting at most ``timeout`` seconds."""
+        found = await self.sink.get([id])
+        doc = found.get(id)
+        if doc is not None and doc.state in self.states:
+            return doc
         event = anyio.Event()
         self._pending.setdefault(id, []).append(event)
         self._changed.notify()
         try:
-            with anyio.fail_after(timeout):
+            if timeout is None:
                 await event.wait()
+            else:
+                with anyio.fail_after(timeout):
+                    await event.wait()
         except TimeoutError:
             raise ResultTimeout(f"no result for task {id} within {timeout}s") from None
         finally:
@@ -90,12 +99,13 @@ class ResultWaiter:
         return self._found.pop(id) if id not in self._pending else self._found[id]
 
     async def run(self) -> None:
+        """Resolve pending waits, oldest first, many per round trip to the sink."""
         while True:
             version = self._changed.version
             if not self._pending:
                 await self._changed.wait(version)
                 continue
-            ids = list(self._pending)[:1024]
+            ids = list(itertools.islice(self._pending, 1024))
             found = await self.sink.wait(ids, 0.1, self.states)
             for id, doc in found.items():
                 waiters = self._pending.pop(id, None)

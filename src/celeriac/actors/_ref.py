@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectSendStream
 
 from celeriac.errors import ActorNotRunning, AskTimeout, MailboxFull
@@ -98,8 +99,17 @@ class ActorRef(Generic[M]):
         send = self._send
         if send is None:
             raise self._not_running()
+        # Fast path: a full checkpoint (a trip through the event loop) per message
+        # would dominate the cost of telling, so only check for cancellation when
+        # there is room, and wait (a real checkpoint) only when the mailbox is full.
+        await checkpoint_if_cancelled()
         try:
-            await send.send(message)
+            send.send_nowait(message)
+        except anyio.WouldBlock:
+            try:
+                await send.send(message)
+            except _CLOSED:
+                raise self._not_running() from None
         except _CLOSED:
             raise self._not_running() from None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
@@ -25,7 +26,7 @@ import anyio.to_thread
 
 from celeriac.errors import BrokerError
 
-__all__ = ["Database", "Interrupt", "chunks", "placeholders", "write_transaction"]
+__all__ = ["Database", "Interrupt", "Pacer", "chunks", "placeholders", "write_transaction"]
 
 T = TypeVar("T")
 
@@ -109,6 +110,33 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class Pacer:
+    """Paces a waiting call's checks of ``PRAGMA data_version``.
+
+    Each wake-up costs some CPU (tens of microseconds on a VM), so a call checks
+    every ``fast`` seconds while the database is busy (something changed in the
+    last ``warm`` seconds, or the wait has just begun: a result is often on its
+    way), and every ``slow`` seconds once it has been quiet for a while.
+    """
+
+    __slots__ = ("_last_change", "fast", "slow", "warm")
+
+    def __init__(self, fast: float, slow: float, warm: float = 0.1) -> None:
+        self.fast = fast
+        self.slow = max(slow, fast)
+        self.warm = warm
+        self._last_change = time.monotonic()
+
+    def changed(self) -> None:
+        """Note that the database changed: check often again."""
+        self._last_change = time.monotonic()
+
+    def sleep(self, at_most: float) -> None:
+        """Sleep until the next check, but no longer than ``at_most`` seconds."""
+        quiet = time.monotonic() - self._last_change > self.warm
+        time.sleep(max(0.0, min(self.slow if quiet else self.fast, at_most)))
 
 
 class Interrupt(Generic[T]):
@@ -223,13 +251,14 @@ class Database:
         return await anyio.to_thread.run_sync(self._call, fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self.acquire()
         try:
-            return fn(conn)
+            conn = self.acquire()
+            try:
+                return fn(conn)
+            finally:
+                self.release(conn)
         except sqlite3.Error as exc:
             raise BrokerError(f"sqlite:///{self.path}: {exc}") from exc
-        finally:
-            self.release(conn)
 
     async def run_interruptible(
         self,

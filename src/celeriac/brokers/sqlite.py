@@ -18,12 +18,15 @@ URL options:
 - ``synchronous`` (``normal`` by default, or ``full``, ``off``): ``normal`` loses
   nothing when a process crashes, but may lose the last commits on power loss;
   ``full`` syncs every commit.
-- ``poll_interval`` (seconds, default 0.0005): the sleep between two checks of a
-  waiting fetch.
+- ``poll_interval`` (seconds, default 0.0005): the pause between two checks of a
+  waiting fetch while the database is busy; ``idle_poll_interval`` (default
+  0.002): the pause once nothing has changed for 0.1 s (each check wakes a
+  thread, which costs CPU even when there is nothing to do).
 """
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 import threading
 import time
@@ -34,7 +37,13 @@ import msgspec
 
 from celeriac.abc import DeadLetter, Delivery, Outgoing, QueueStats, WorkerInfo
 from celeriac.brokers._hub import Hub
-from celeriac.brokers._sqlite_db import Database, chunks, placeholders, write_transaction
+from celeriac.brokers._sqlite_db import (
+    Database,
+    Pacer,
+    chunks,
+    placeholders,
+    write_transaction,
+)
 from celeriac.brokers._url import BackendURL
 from celeriac.errors import BrokerError
 
@@ -57,6 +66,12 @@ def open_database(parsed: BackendURL) -> Database:
     )
 
 
+def pacing(parsed: BackendURL) -> tuple[float, float]:
+    """The ``poll_interval`` and ``idle_poll_interval`` options of a ``sqlite:///`` URL."""
+    fast = parsed.number("poll_interval", 0.0005, minimum=0.0001)
+    return fast, parsed.number("idle_poll_interval", 0.002, minimum=fast)
+
+
 class SqliteBroker:
     """A broker in one SQLite file (see the module docstring)."""
 
@@ -64,8 +79,8 @@ class SqliteBroker:
         parsed = BackendURL(url)
         self.url = url
         self.visibility_timeout = parsed.number("visibility_timeout", 30.0)
-        self.poll_interval = parsed.number("poll_interval", 0.0005, minimum=0.0001)
         self._db = open_database(parsed)
+        self._pacing = pacing(parsed)
         parsed.finish()
         self._connected = False
 
@@ -119,6 +134,7 @@ class SqliteBroker:
         if limit <= 0 or not queues:
             return []
         names = list(dict.fromkeys(queues))
+        limit = min(limit, 5000)  # keeps each statement's parameters well under SQLite's cap
 
         def wait(conn: sqlite3.Connection, stop: threading.Event) -> list[Delivery]:
             return self._wait_and_claim(conn, stop, names, limit, timeout)
@@ -134,12 +150,15 @@ class SqliteBroker:
         timeout: float,
     ) -> list[Delivery]:
         deadline = time.monotonic() + timeout
+        pacer = Pacer(*self._pacing)
         seen = -1
         next_due = 0.0
         while True:
             version = conn.execute("PRAGMA data_version").fetchall()[0][0]
             now = time.time()
             if version != seen or now >= next_due:
+                if seen != -1:
+                    pacer.changed()
                 seen = version
                 next_due = self._next_due(conn, names)
                 if next_due <= now:
@@ -151,7 +170,7 @@ class SqliteBroker:
             left = deadline - time.monotonic()
             if left <= 0 or stop.is_set():
                 return []
-            time.sleep(min(self.poll_interval, left, max(next_due - now, 0.0)))
+            pacer.sleep(min(left, next_due - now))
 
     @staticmethod
     def _next_due(conn: sqlite3.Connection, names: list[str]) -> float:
@@ -167,27 +186,12 @@ class SqliteBroker:
     def _claim(
         self, conn: sqlite3.Connection, names: list[str], limit: int, now: float
     ) -> list[Delivery]:
-        if len(names) == 1:
-            where, order, params = "queue = ?", "priority DESC, id", [names[0]]
-        else:
-            rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(names)))
-            where = f"queue IN ({placeholders(len(names))})"
-            order = f"priority DESC, CASE queue {rank} END, id"
-            params = [*names, *names]
-        claim = (
-            "UPDATE celeriac_messages SET available_at = ?, deliveries = deliveries + 1,"
-            " leased = 1 WHERE id IN (SELECT id FROM celeriac_messages"
-            f" INDEXED BY celeriac_messages_claim WHERE {where} AND available_at <= ?"
-            f" ORDER BY {order} LIMIT ?)" + _RETURNING
-        )
         with write_transaction(conn):
-            lease_end = now + self.visibility_timeout
-            rows: list[Any] = conn.execute(claim, (lease_end, *params, now, limit)).fetchall()
+            rows = self._lease(conn, names, limit, now)
             if not rows:
                 return []
-            ids = [row[1] for row in rows]
             revoked: set[str] = set()
-            for part in chunks(ids):
+            for part in chunks([row[1] for row in rows]):
                 revoked.update(
                     r[0]
                     for r in conn.execute(
@@ -206,6 +210,34 @@ class SqliteBroker:
             Delivery(queue, msg_id, body, deliveries, (rowid, deliveries), priority)
             for rowid, msg_id, queue, priority, deliveries, body in rows
         ]
+
+    def _lease(
+        self, conn: sqlite3.Connection, names: list[str], limit: int, now: float
+    ) -> list[Any]:
+        """Lease the best ``limit`` due rows of ``names`` (inside a write transaction)."""
+        lease = (
+            "UPDATE celeriac_messages SET available_at = ?, deliveries = deliveries + 1,"
+            " leased = 1 WHERE id IN ({})" + _RETURNING
+        )
+        best = (
+            "SELECT id, priority FROM celeriac_messages INDEXED BY celeriac_messages_claim"
+            " WHERE queue = ? AND available_at <= ? ORDER BY priority DESC, id LIMIT ?"
+        )
+        lease_end = now + self.visibility_timeout
+        if len(names) == 1:
+            sql = lease.format(best.replace("id, priority", "id", 1))
+            return conn.execute(sql, (lease_end, names[0], now, limit)).fetchall()
+        # One indexed walk per queue, merged here: a single query over several queues
+        # would sort every due row of them for each claim.
+        candidates: list[tuple[int, int, int]] = []
+        for rank, name in enumerate(names):
+            rows = conn.execute(best, (name, now, limit)).fetchall()
+            candidates += [(-priority, rank, rowid) for rowid, priority in rows]
+        chosen = [rowid for _, _, rowid in heapq.nsmallest(limit, candidates)]
+        if not chosen:
+            return []
+        sql = lease.format(placeholders(len(chosen)))
+        return conn.execute(sql, (lease_end, *chosen)).fetchall()
 
     def _unclaim(self, conn: sqlite3.Connection, deliveries: list[Delivery]) -> None:
         """Give back deliveries a cancelled fetch claimed: as if never handed out."""

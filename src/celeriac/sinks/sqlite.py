@@ -7,8 +7,8 @@ data_version`` inside one thread hop and re-reads only when another connection
 has committed, so a result stored by a worker process is seen within about a
 millisecond. Expired documents are invisible at once and deleted by later writes.
 
-URL options: ``busy_timeout``, ``synchronous`` and ``poll_interval``, as for the
-SQLite broker (see :mod:`celeriac.brokers.sqlite`).
+URL options: ``busy_timeout``, ``synchronous``, ``poll_interval`` and
+``idle_poll_interval``, as for the SQLite broker (see :mod:`celeriac.brokers.sqlite`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from celeriac.abc import StoredDocument
 from celeriac.brokers._hub import Hub
-from celeriac.brokers._sqlite_db import Database, chunks, placeholders, write_transaction
+from celeriac.brokers._sqlite_db import Database, Pacer, chunks, placeholders, write_transaction
 from celeriac.brokers._url import BackendURL
-from celeriac.brokers.sqlite import open_database
+from celeriac.brokers.sqlite import open_database, pacing
 
 __all__ = ["SqliteSink"]
 
@@ -45,8 +45,8 @@ class SqliteSink:
     def __init__(self, url: str, hub: Hub | None = None) -> None:
         parsed = BackendURL(url)
         self.url = url
-        self.poll_interval = parsed.number("poll_interval", 0.0005, minimum=0.0001)
         self._db: Database = open_database(parsed)
+        self._pacing = pacing(parsed)
         parsed.finish()
         self._connected = False
         self._next_sweep = 0.0
@@ -146,10 +146,13 @@ class SqliteSink:
 
         def poll(conn: sqlite3.Connection, stop: threading.Event) -> dict[str, StoredDocument]:
             deadline = time.monotonic() + timeout
+            pacer = Pacer(*self._pacing)
             seen = -1
             while True:
                 version = conn.execute("PRAGMA data_version").fetchall()[0][0]
                 if version != seen:
+                    if seen != -1:
+                        pacer.changed()
                     seen = version
                     found = self._select(conn, keys, states)
                     if found:
@@ -157,7 +160,7 @@ class SqliteSink:
                 left = deadline - time.monotonic()
                 if left <= 0 or stop.is_set():
                     return {}
-                time.sleep(min(self.poll_interval, left))
+                pacer.sleep(left)
 
         return await self._db.run_interruptible(poll, lambda conn, found: None)
 

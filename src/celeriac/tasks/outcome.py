@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
@@ -140,7 +141,16 @@ class ErrorTypes:
         elif module in self._modules and module in sys.modules:
             found = sys.modules[module]
             for part in name.split("."):
-                found = getattr(found, part, None)
+                # Plain namespace lookups: no module __getattr__ or descriptor runs.
+                namespace = getattr(found, "__dict__", None)
+                found = namespace.get(part) if isinstance(namespace, Mapping) else None
+            # Only a class defined there under that name, not one reached through an
+            # attribute of the module (``other_module.SomeError``).
+            if not isinstance(found, type) or (found.__module__, found.__qualname__) != (
+                module,
+                name,
+            ):
+                found = None
         if isinstance(found, type) and issubclass(found, Exception):
             return found
         return None

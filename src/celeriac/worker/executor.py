@@ -25,7 +25,7 @@ import anyio.abc
 import anyio.to_thread
 
 from celeriac.abc import StoredDocument
-from celeriac.messages import Codec
+from celeriac.messages import Codec, Envelope
 from celeriac.tasks.outcome import (
     FAILURE,
     REVOKED,
@@ -154,59 +154,58 @@ class Executor:
             return reply.result
         raise _RemoteError(reply.error)
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, job: Job, scope: anyio.CancelScope) -> None:
+        """Run one job inside its runner's ``scope`` and hand its outcome over.
+
+        Revocation, release (shutdown) and outer cancellation cancel ``scope``;
+        the outcome is recorded here before the cancellation travels on.
+        """
         env = job.envelope
         if self.is_revoked(job.id) or (env.expires is not None and env.expires < time.time()):
             reason = "revoked" if self.is_revoked(job.id) else "expired"
             self._finish(job, Outcome(state=REVOKED, error=_revoked_info(reason), worker=self.worker_name))
             return
         self.running[job.id] = job
+        job.scope = scope
         if self.track_started:
-            self.settle.started(
-                StoredDocument(
-                    id=job.id,
-                    state=STARTED,
-                    body=self.codec.encode(
-                        document_for(env, Outcome(state=STARTED, worker=self.worker_name))
-                    ),
-                )
-            )
+            self.settle.started(job.id, functools.partial(self._started_document, env))
         started = time.perf_counter()
         limit = job.task.options.time_limit
-        outcome: Outcome | None = None
         try:
-            with anyio.CancelScope() as scope:
-                job.scope = scope
-                if limit is not None:
-                    scope.deadline = anyio.current_time() + limit
+            if limit is None:
                 value = await self._run_job(job)
-                outcome = Outcome(
+            else:
+                with anyio.move_on_after(limit) as deadline:
+                    value = await self._run_job(job)
+                if deadline.cancelled_caught:
+                    raise TimeLimitExceeded(f"{env.name} ran past its {limit}s limit")
+        except anyio.get_cancelled_exc_class():
+            if job.revoked:
+                self._finish(job, Outcome(state=REVOKED, error=_revoked_info("revoked while running")))
+            else:  # released at shutdown, or the worker itself is being cancelled
+                self.settle.release(job.delivery)
+            raise
+        except _RemoteError as exc:
+            self._finish(job, Outcome(state=FAILURE, error=exc.info, worker=self.worker_name))
+        except Exception as exc:
+            self._finish(job, Outcome(state=FAILURE, error=error_info(exc), worker=self.worker_name))
+        else:
+            self._finish(
+                job,
+                Outcome(
                     state=SUCCESS,
                     result=value,
                     worker=self.worker_name,
                     runtime=time.perf_counter() - started,
-                )
-            if scope.cancelled_caught:
-                if job.released:
-                    self.settle.release(job.delivery)
-                    return
-                if job.revoked:
-                    outcome = Outcome(state=REVOKED, error=_revoked_info("revoked while running"))
-                else:
-                    outcome = Outcome(
-                        state=FAILURE,
-                        error=error_info(TimeLimitExceeded(f"{env.name} ran past its {limit}s limit")),
-                    )
-        except _RemoteError as exc:
-            outcome = Outcome(state=FAILURE, error=exc.info, worker=self.worker_name)
-        except BoxDied as exc:
-            outcome = Outcome(state=FAILURE, error=error_info(exc), worker=self.worker_name)
-        except Exception as exc:
-            outcome = Outcome(state=FAILURE, error=error_info(exc), worker=self.worker_name)
+                ),
+            )
         finally:
-            self.running.pop(job.id, None)
-        if outcome is not None:
-            self._finish(job, outcome)
+            job.scope = None
+            del self.running[job.id]
+
+    def _started_document(self, env: Envelope) -> StoredDocument:
+        outcome = Outcome(state=STARTED, worker=self.worker_name)
+        return StoredDocument(id=env.id, state=STARTED, body=self.codec.encode(document_for(env, outcome)))
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         self.processed += 1
@@ -224,13 +223,18 @@ class Executor:
         queue = self.queue
         try:
             while True:
-                job = await queue.get()
-                if job is None:
-                    return
-                if len(queue) < self._min_queued:
-                    self._min_queued = len(queue)
-                await self._execute(job)
-                if self._runners > self.budget.limit and not self._stopping:
+                # One scope serves many jobs; it is replaced only after a cancellation.
+                with anyio.CancelScope() as scope:
+                    while not scope.cancel_called:
+                        job = await queue.get()
+                        if job is None:
+                            return
+                        if len(queue) < self._min_queued:
+                            self._min_queued = len(queue)
+                        await self._execute(job, scope)
+                        if self._runners > self.budget.limit and not self._stopping:
+                            return
+                if self._stopping and not queue:
                     return
         finally:
             self._runners -= 1
@@ -278,7 +282,11 @@ class Executor:
             while self.running:
                 await anyio.sleep(0.02)
         for job in list(self.running.values()):
-            log.warning("task %s[%s] did not finish within the grace period; returned", job.envelope.name, job.id)
+            log.warning(
+                "task %s[%s] did not finish within the grace period; returned to the broker",
+                job.envelope.name,
+                job.id,
+            )
             job.released = True
             if job.scope is not None:
                 job.scope.cancel()

@@ -48,16 +48,22 @@ class JobQueue(Generic[T]):
         return items
 
     async def get(self) -> T | None:
-        """The next item, waiting for one; ``None`` when closed and empty."""
-        while not self._heap:
+        """The next item, waiting for one; ``None`` when closed and empty.
+
+        Never loses an item to cancellation: the only awaits happen before the pop.
+        """
+        heap = self._heap
+        while True:
+            if heap:
+                self._gets += 1
+                if self._gets % 64 == 0:
+                    # Runners that always find work would otherwise never yield to the loop.
+                    await anyio.lowlevel.checkpoint()
+                    if not heap:
+                        continue
+                return heapq.heappop(heap)[2]
             if self._closed:
                 return None
             if self._event.is_set():
                 self._event = anyio.Event()
             await self._event.wait()
-        item = heapq.heappop(self._heap)[2]
-        self._gets += 1
-        if self._gets % 64 == 0:
-            # Runners that always find work would otherwise never yield to the loop.
-            await anyio.lowlevel.checkpoint()
-        return item

@@ -28,7 +28,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.docs: list[tuple[Sequence[str], StoredDocument]] = []
-        self.started: dict[str, StoredDocument] = {}
+        self.started: dict[str, Callable[[], StoredDocument]] = {}
         self.acks: list[Delivery] = []
         self.dead: list[tuple[Delivery, str]] = []
         self.nacks: list[tuple[Delivery, float]] = []
@@ -67,9 +67,10 @@ class ResultPublisher:
         if not self._busy:
             self._wakeup.notify()
 
-    def started(self, doc: StoredDocument) -> None:
-        """Record that a task started (superseded by its outcome in the same batch)."""
-        self._batch.started[doc.id] = doc
+    def started(self, id: str, document: Callable[[], StoredDocument]) -> None:
+        """Record that task ``id`` started; ``document()`` is called only if it is
+        still running when the batch is written (a finished task's outcome wins)."""
+        self._batch.started[id] = document
         self._kick()
 
     def finished(self, delivery: Delivery, doc: StoredDocument | None, sinks: Sequence[str]) -> None:
@@ -113,7 +114,9 @@ class ResultPublisher:
     async def _write(self, batch: _Batch) -> None:
         by_sink: dict[str, list[StoredDocument]] = {}
         if batch.started:
-            await self.sinks["default"].store(list(batch.started.values()), self.result_ttl)
+            started = [make() for make in batch.started.values()]
+            batch.started.clear()  # a retry of this batch must not write them again late
+            await self.sinks["default"].store(started, self.result_ttl)
         for names, doc in batch.docs:
             for name in names:
                 by_sink.setdefault(name, []).append(doc)
