@@ -5,6 +5,7 @@ There is no global or current app: everything hangs off the ``App`` a user made.
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,6 +64,16 @@ def default_name(fn: Callable[..., Any]) -> str:
     return f"{_module_name(fn)}.{qualname}"
 
 
+def _check_boxable(name: str, fn: Callable[..., Any]) -> None:
+    """A boxed task runs in another process, found there by module and name."""
+    qualname = getattr(fn, "__qualname__", None)
+    if not inspect.isfunction(fn) or qualname is None or "<" in qualname:
+        raise ConfigurationError(
+            f"boxed task {name!r} must be a function defined at module level (a box process "
+            f"imports it by module and name); {fn!r} is not"
+        )
+
+
 class App:
     """A celeriac application: its tasks, settings and connections.
 
@@ -84,10 +95,13 @@ class App:
         **settings: Any,
     ) -> None:
         self.name = name
-        overrides: dict[str, Any] = dict(settings)
-        overrides["broker"] = list(broker) if isinstance(broker, list | tuple) else broker
-        overrides["sinks"] = dict(sinks) if sinks is not None else None
-        overrides["routes"] = dict(routes) if routes is not None else None
+        overrides: dict[str, Any] = dict(settings)  # given explicitly: None means None
+        if broker is not None:
+            overrides["broker"] = list(broker) if isinstance(broker, list | tuple) else broker
+        if sinks is not None:
+            overrides["sinks"] = dict(sinks)
+        if routes is not None:
+            overrides["routes"] = dict(routes)
         self.settings: Settings = load_settings(config, overrides)
         self.hub = Hub()
         self.tasks: dict[str, Task[..., Any]] = {}
@@ -226,6 +240,8 @@ class App:
             )
         if not callable(fn):
             raise TypeError(f"task {name!r} is not callable: {fn!r}")
+        if boxed:
+            _check_boxable(name, fn)
         if name in self.tasks and self.tasks[name].fn is not fn:
             raise ConfigurationError(f"a different task is already registered as {name!r}")
         unknown_sinks = set(sinks) - set(self.sink_urls)

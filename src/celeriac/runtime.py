@@ -261,7 +261,10 @@ class Bridge:
             thread.start()
             ready.wait()
             if failure:
-                raise failure[0]
+                error = failure[0]
+                while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                    error = error.exceptions[0]
+                raise error
             assert self._portal is not None
             self._thread = thread
             self._last_background = runtime

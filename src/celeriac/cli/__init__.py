@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from celeriac import __version__
 from celeriac.app import App
 from celeriac.cli.loading import AppParam
 from celeriac.cli.running import load_callable, run_worker
@@ -35,7 +36,12 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING, ERROR.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "json", "console"]),
@@ -43,7 +49,7 @@ def _csv(value: str | None) -> list[str] | None:
     show_default=True,
     help="JSON lines, or console lines (auto: console on a terminal).",
 )
-@click.version_option(package_name="celeriac")
+@click.version_option(version=__version__, prog_name="celeriac")
 def main(log_level: str, log_format: str) -> None:
     """celeriac: async-native distributed task execution."""
     configure_logging(log_level, log_format)  # type: ignore[arg-type]
@@ -176,9 +182,12 @@ def call(
     no_wait: bool,
 ) -> None:
     """Publish TASK_NAME with ARGS (JSON, else strings), wait, and print the result as JSON."""
-    kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--kwargs") from None
     if not isinstance(kwargs, dict):
-        raise click.BadParameter("--kwargs must be a JSON object")
+        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
     result = app.send_task(
         task_name,
         [_parse_arg(a) for a in args],

@@ -33,20 +33,32 @@ def load_callable(spec: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-async def _watch_signals(worker: Worker, scope: anyio.CancelScope) -> None:
+async def _watch_signals(worker: Worker, scope: anyio.CancelScope, early: list[int]) -> None:
+    count = 0
+
+    def handle(signum: int) -> bool:
+        nonlocal count
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            log.warning("%s: stopping gracefully (send it again to stop at once)", name)
+            worker.request_stop()
+        elif count == 2:
+            log.warning("%s again: stopping now; running tasks go back to the broker", name)
+            worker.request_stop(grace=0)
+        else:
+            log.warning("%s a third time: cancelling everything", name)
+            scope.cancel()
+            return False
+        return True
+
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        count = 0
+        for signum in early:  # arrived before this receiver was installed
+            if not handle(signum):
+                return
+        early.clear()
         async for signum in signals:
-            count += 1
-            if count == 1:
-                log.warning(
-                    "%s: stopping gracefully (send it again to stop at once)",
-                    signal.Signals(signum).name,
-                )
-                worker.request_stop()
-            else:
-                log.warning("second signal: stopping now; unfinished tasks will be redelivered")
-                scope.cancel()
+            if not handle(signum):
                 return
 
 
@@ -70,7 +82,7 @@ def run_worker(
         nonlocal exit_code
         worker = Worker(app, **options)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, worker, tg.cancel_scope)
+            tg.start_soon(_watch_signals, worker, tg.cancel_scope, early)
             await tg.start(worker.run)
             if program is not None:
                 try:
@@ -84,6 +96,12 @@ def run_worker(
             await worker.wait_stopped()
             tg.cancel_scope.cancel()
 
+    # Until the loop's own receiver is installed, remember signals instead of dying.
+    early: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: early.append(signum))
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     backend_options: dict[str, Any] = {}
     if loop == "asyncio":
         try:
@@ -92,5 +110,9 @@ def run_worker(
             pass
         else:
             backend_options["use_uvloop"] = True
-    anyio.run(main, backend=loop, backend_options=backend_options)
+    try:
+        anyio.run(main, backend=loop, backend_options=backend_options)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return exit_code

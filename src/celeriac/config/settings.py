@@ -4,7 +4,9 @@ Precedence, lowest first: built-in defaults, the ``config=`` source (a Python
 module name, a ``.toml`` file, or a ``.yaml`` file), environment variables
 ``CELERIAC_<FIELD>`` (values parsed as JSON where they parse, else taken as
 strings), then keyword arguments given to :class:`~celeriac.App`. Unknown names
-in a config source are an error, so a typo does not silently do nothing.
+in a ``.toml`` or ``.yaml`` source are an error, so a typo does not silently do
+nothing; a Python module is read for the setting names it defines (other module
+attributes, such as imports, are ignored).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def load_settings(
         else:
             merged.update(_from_module(text))
     merged.update(_from_env(os.environ if environ is None else environ))
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged.update(overrides or {})
     try:
         return msgspec.convert(merged, Settings)
     except msgspec.ValidationError as exc:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from celeriac._notify import Notifier
-from celeriac.abc import Broker, Delivery
+from celeriac.abc import Broker, Delivery, StoredDocument
 from celeriac.errors import ProtocolError
 from celeriac.messages import Codec
-from celeriac.tasks.outcome import REVOKED, ErrorInfo, Outcome
+from celeriac.tasks.outcome import FAILURE, REVOKED, ErrorInfo, Outcome, document_for
 from celeriac.worker.executor import Executor, encode_outcome
 from celeriac.worker.job import Job, RecentIds
 from celeriac.worker.settle import ResultPublisher
@@ -92,6 +92,8 @@ class Consumer:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Fetch and dispatch until :meth:`stop`."""
+        self._stopping = False
+        self._done = anyio.Event()
         task_status.started()
         try:
             while not self._stopping:
@@ -100,9 +102,12 @@ class Consumer:
                 if room <= 0:
                     await self._room.wait(version, timeout=1.0)
                     continue
-                deliveries = await self.broker.fetch(self.queues, room, self.fetch_timeout)
-                if deliveries:
-                    self.dispatch(deliveries)
+                # Shielded (and bounded by the fetch timeout): deliveries fetched are
+                # always dispatched, never dropped by a cancellation in between.
+                with anyio.CancelScope(shield=True):
+                    deliveries = await self.broker.fetch(self.queues, room, self.fetch_timeout)
+                    if deliveries:
+                        self.dispatch(deliveries)
         finally:
             self._done.set()
 
@@ -141,7 +146,16 @@ class Consumer:
             task = self.tasks.get(envelope.name)
             if task is None:
                 log.error("unknown task %r in message %s", envelope.name, id)
-                settle.dead_letter(delivery, f"UnknownTask: no task named {envelope.name!r} here")
+                reason = f"no task named {envelope.name!r} here"
+                outcome = Outcome(
+                    state=FAILURE,
+                    error=ErrorInfo(type="UnknownTask", module="celeriac.errors", message=reason),
+                )
+                # The caller learns at once; the message itself waits in the dead letters.
+                doc = StoredDocument(
+                    id=id, state=FAILURE, body=codec.encode(document_for(envelope, outcome))
+                )
+                settle.dead_letter(delivery, f"UnknownTask: {reason}", doc)
                 continue
             job = Job(delivery, envelope, task)
             if self.is_revoked(id) or (envelope.expires is not None and envelope.expires < now):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from celeriac.abc import Broker, Delivery, WorkerInfo
 
@@ -131,13 +132,21 @@ class Control:
             await anyio.sleep(self.heartbeat_every)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run every loop until cancelled; read revocations once before reporting ready."""
+        """Watch revocations and keep leases until cancelled (read revocations first)."""
         await self.poll_revocations()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._revocations)
             tg.start_soon(self._leases)
-            tg.start_soon(self._heartbeats)
             task_status.started()
+
+    async def run_heartbeats(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Report this worker alive until cancelled (the first report before ready)."""
+        await self.broker.heartbeat(self.info(), ttl=self.heartbeat_every * 5)
+        task_status.started()
+        await anyio.sleep(self.heartbeat_every)
+        await self._heartbeats()
 
     async def goodbye(self) -> None:
         """Remove this worker's heartbeat (clean shutdown)."""

@@ -101,6 +101,7 @@ class Executor:
         self._min_queued = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
+        self._grace_scope: anyio.CancelScope | None = None
         self._limiter = anyio.CapacityLimiter(max(1, budget.limit))
         self._boxes = BoxPool(max(1, budget.limit)) if kind == "process" else None
         self._run_job: Callable[[Job], Awaitable[Any]] = {
@@ -272,15 +273,21 @@ class Executor:
             if self._boxes is not None:
                 await self._boxes.aclose()
 
+    def hurry(self, grace: float) -> None:
+        """Shorten a grace period in progress (or the next one) to ``grace`` seconds."""
+        if self._grace_scope is not None:
+            self._grace_scope.deadline = min(self._grace_scope.deadline, anyio.current_time() + grace)
+
     async def stop(self, grace: float) -> None:
         """Release queued jobs now; give running ones ``grace`` seconds, then release them."""
         self._stopping = True
         for job in self.queue.drain():
             self.settle.release(job.delivery)
         self.queue.close()
-        with anyio.move_on_after(grace):
+        with anyio.move_on_after(grace) as self._grace_scope:
             while self.running:
                 await anyio.sleep(0.02)
+        self._grace_scope = None
         for job in list(self.running.values()):
             log.warning(
                 "task %s[%s] did not finish within the grace period; returned to the broker",

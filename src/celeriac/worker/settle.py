@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
+import anyio.abc
 
 from celeriac._notify import Notifier
 from celeriac.abc import Broker, DataSink, Delivery, StoredDocument
@@ -137,8 +138,10 @@ class ResultPublisher:
             for delay, deliveries in by_delay.items():
                 await self.broker.nack(deliveries, delay)
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Settle batches until closed and empty."""
+        self._closing = False
+        task_status.started()
         while True:
             version = self._wakeup.version
             if not self._batch:

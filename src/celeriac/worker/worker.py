@@ -26,12 +26,14 @@ import anyio
 import anyio.abc
 import sniffio
 
+from celeriac.actors import ActorSystem, Backoff, ChildSpec, Supervisor, actor_system
 from celeriac.runtime import Runtime
 from celeriac.worker.budget import Budget, BudgetStrategy
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.control import Control, Revocations
 from celeriac.worker.executor import Executor
 from celeriac.worker.job import RecentIds
+from celeriac.worker.services import ConnectionsActor, ServiceActor
 from celeriac.worker.settle import ResultPublisher
 
 if TYPE_CHECKING:
@@ -94,13 +96,24 @@ class Worker:
         self.executors: dict[str, Executor] = {}
         self.consumer: Consumer | None = None
         self.runtime: Runtime | None = None
+        self.system: ActorSystem | None = None
+        self._built: _Parts | None = None
+        self._loop = "asyncio"
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
 
     # -- control ------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Begin a graceful shutdown (safe to call more than once)."""
+    def request_stop(self, grace: float | None = None) -> None:
+        """Begin a graceful shutdown (safe to call more than once).
+
+        ``grace`` overrides the grace period; ``0`` returns running tasks to the
+        broker at once (a second SIGTERM/SIGINT does that).
+        """
+        if grace is not None:
+            self.grace = grace
+            for executor in self.executors.values():
+                executor.hurry(grace)
         self._stop.set()
 
     async def wait_stopped(self) -> None:
@@ -130,21 +143,114 @@ class Worker:
     # -- the run -------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until :meth:`request_stop` (or cancellation), then shut down gracefully."""
-        app = self.app
-        runtime = self.runtime = Runtime(app)
-        loop_name = sniffio.current_async_library()
-        try:
-            async with runtime.running():
-                app._bridge.attach(runtime)
-                await self._serve(runtime, loop_name, task_status)
-        finally:
-            app._bridge.detach(runtime)
-            self._stopped.set()
+        """Run until :meth:`request_stop` (or cancellation), then shut down gracefully.
 
-    async def _serve(
-        self, runtime: Runtime, loop_name: str, task_status: anyio.abc.TaskStatus[None]
+        The parts run as an actor tree: a supervisor whose children are the boot
+        steps below, started in dependency order and stopped in reverse.
+        """
+        app = self.app
+        self.runtime = Runtime(app)
+        self._loop = sniffio.current_async_library()
+        # Boot steps. Stopped in reverse: the consumer stops fetching; the executors
+        # give running tasks their grace period while leases are still extended and
+        # revocations still read; then outcomes are settled; connections close last.
+        children = [
+            ChildSpec(
+                "connections",
+                lambda: ConnectionsActor(self._runtime(), app._bridge),
+                shutdown_timeout=30.0,
+            ),
+            ChildSpec(
+                "results",
+                lambda: ServiceActor(self._parts().settle.run, self._stop_results),
+                depends_on=("connections",),
+                shutdown_timeout=self.grace + 30.0,
+            ),
+            ChildSpec(
+                "leases",
+                lambda: ServiceActor(self._parts().control.run),
+                depends_on=("connections",),
+            ),
+            ChildSpec(
+                "executors",
+                lambda: ServiceActor(self._run_executors, self._stop_executors),
+                depends_on=("results", "leases"),
+                shutdown_timeout=self.grace + 10.0,
+            ),
+            ChildSpec(
+                "consumer",
+                lambda: ServiceActor(self._parts().consumer.run, self._stop_consumer),
+                depends_on=("executors",),
+                shutdown_timeout=10.0,
+            ),
+            # Optional: a worker whose status reports fail still does its work.
+            ChildSpec(
+                "heartbeats",
+                lambda: ServiceActor(
+                    self._parts().control.run_heartbeats, self._parts().control.goodbye
+                ),
+                depends_on=("connections",),
+                mandatory=False,
+                retry_interval=1.0,
+            ),
+        ]
+        root = Supervisor(children, max_restarts=5, period=30.0, backoff=Backoff(0.1, 5.0))
+        try:
+            async with actor_system(root, name="worker", shutdown_timeout=self.grace + 60) as system:
+                self.system = system
+                log.info(
+                    "worker %s ready: queues %s, tasks %s",
+                    self.name,
+                    ",".join(self.queues),
+                    ",".join(sorted(app.tasks)),
+                )
+                task_status.started()
+                await self._stop.wait()
+                log.info(
+                    "worker %s stopping: no new tasks; %ss grace for running ones",
+                    self.name,
+                    self.grace,
+                )
+        finally:
+            self._stopped.set()
+            log.info("worker %s stopped (%s)", self.name, self.stats())
+
+    def _runtime(self) -> Runtime:
+        assert self.runtime is not None
+        return self.runtime
+
+    def _parts(self) -> _Parts:
+        """The worker's parts, made once the connections are open."""
+        if self._built is None:
+            self._built = self._build(self._runtime())
+        return self._built
+
+    async def _run_executors(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        async with anyio.create_task_group() as tg:
+            for executor in self._parts().executors.values():
+                await tg.start(executor.run)
+            task_status.started()
+
+    async def _stop_executors(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for executor in self._parts().executors.values():
+                tg.start_soon(executor.stop, self.grace)
+
+    async def _stop_results(self) -> None:
+        settle = self._parts().settle
+        with anyio.move_on_after(max(5.0, self.grace)):
+            await settle.flush()
+        settle.close()
+
+    async def _stop_consumer(self) -> None:
+        consumer = self._parts().consumer
+        consumer.stop()
+        with anyio.move_on_after(max(5.0, consumer.fetch_timeout * 10)):
+            await consumer.wait_done()
+
+    def _build(self, runtime: Runtime) -> _Parts:
         app = self.app
         broker = runtime.broker
         lease = float(getattr(broker, "visibility_timeout", 30.0))
@@ -188,38 +294,22 @@ class Worker:
             revoked=self.revoked,
             lease=lease,
             heartbeat=self.heartbeat,
-            loop=loop_name,
+            loop=self._loop,
         )
-        async with anyio.create_task_group() as parts:
-            parts.start_soon(settle.run)
-            for executor in self.executors.values():
-                await parts.start(executor.run)
-            await parts.start(control.run)
-            await parts.start(consumer.run)
-            log.info(
-                "worker %s ready: queues %s, tasks %s",
-                self.name,
-                ",".join(self.queues),
-                ",".join(sorted(app.tasks)),
-            )
-            task_status.started()
-            try:
-                await self._stop.wait()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._shutdown(consumer, settle, control)
-                parts.cancel_scope.cancel()
+        return _Parts(settle, dict(self.executors), consumer, control)
 
-    async def _shutdown(self, consumer: Consumer, settle: ResultPublisher, control: Control) -> None:
-        log.info("worker %s stopping: no new tasks; %ss grace for running ones", self.name, self.grace)
-        consumer.stop()
-        with anyio.move_on_after(max(5.0, consumer.fetch_timeout * 10)):
-            await consumer.wait_done()
-        async with anyio.create_task_group() as tg:
-            for executor in self.executors.values():
-                tg.start_soon(executor.stop, self.grace)
-        with anyio.move_on_after(max(5.0, self.grace)):
-            await settle.flush()
-        settle.close()
-        await control.goodbye()
-        log.info("worker %s stopped (%s)", self.name, self.stats())
+
+class _Parts:
+    __slots__ = ("consumer", "control", "executors", "settle")
+
+    def __init__(
+        self,
+        settle: ResultPublisher,
+        executors: dict[str, Executor],
+        consumer: Consumer,
+        control: Control,
+    ) -> None:
+        self.settle = settle
+        self.executors = executors
+        self.consumer = consumer
+        self.control = control
