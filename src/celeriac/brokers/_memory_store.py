@@ -45,6 +45,11 @@ class _Message:
         self.deadline = 0.0
 
 
+def _receipt(delivery: Delivery) -> tuple[_Message, int]:
+    receipt: tuple[_Message, int] = delivery.receipt
+    return receipt
+
+
 class _Queue:
     __slots__ = ("delayed", "in_flight", "n_delayed", "n_ready", "ready")
 
@@ -154,7 +159,8 @@ class QueueStore:
         q.in_flight += 1
         self._in_flight[msg.seq] = msg
         heapq.heappush(self._leases, (deadline, next(self._seq), msg.deliveries, msg))
-        out.append(Delivery(msg.queue, msg.id, msg.body, msg.deliveries, msg, msg.priority))
+        receipt = (msg, msg.deliveries)  # names this delivery: hashable, and unique per delivery
+        out.append(Delivery(msg.queue, msg.id, msg.body, msg.deliveries, receipt, msg.priority))
 
     def _promote(self, q: _Queue, now: float) -> None:
         delayed = q.delayed
@@ -210,7 +216,7 @@ class QueueStore:
         """Forget these messages, even if a later delivery of them is under way."""
         with self.lock:
             for d in deliveries:
-                msg: _Message = d.receipt
+                msg = _receipt(d)[0]
                 if msg.state != _DONE:
                     self._finish(msg)
 
@@ -219,8 +225,8 @@ class QueueStore:
         now = time.time()
         with self.lock:
             for d in deliveries:
-                msg: _Message = d.receipt
-                if msg.state == _IN_FLIGHT and msg.deliveries == d.deliveries:
+                msg, generation = _receipt(d)
+                if msg.state == _IN_FLIGHT and msg.deliveries == generation:
                     self._requeue(msg, delay, now)
         self.notifier.notify()
 
@@ -229,8 +235,8 @@ class QueueStore:
         with self.lock:
             deadline = time.monotonic() + seconds
             for d in deliveries:
-                msg: _Message = d.receipt
-                if msg.state == _IN_FLIGHT and msg.deliveries == d.deliveries:
+                msg, generation = _receipt(d)
+                if msg.state == _IN_FLIGHT and msg.deliveries == generation:
                     msg.deadline = deadline
                     heapq.heappush(self._leases, (deadline, next(self._seq), msg.deliveries, msg))
 
@@ -269,7 +275,7 @@ class QueueStore:
         at = time.time()
         with self.lock:
             for d in deliveries:
-                msg: _Message = d.receipt
+                msg = _receipt(d)[0]
                 if msg.state != _DONE:
                     self._finish(msg)
                 self._dead.pop(d.id, None)  # re-insert: newest last

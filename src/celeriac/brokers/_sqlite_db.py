@@ -221,21 +221,22 @@ class Database:
             self._open -= 1
         conn.close()
 
-    def setup(self) -> None:
+    def setup(self, conn: sqlite3.Connection) -> None:
         """Blocking: switch the file to WAL mode and create the schema if missing."""
-        conn = self.acquire()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+        if str(mode).lower() != "wal":
+            raise BrokerError(f"{self.path}: cannot use WAL mode (journal_mode={mode})")
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-            if str(mode).lower() != "wal":
-                raise BrokerError(f"{self.path}: cannot use WAL mode (journal_mode={mode})")
-            try:
-                conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            self.release(conn)
+            conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def reopen(self) -> None:
+        """Lend connections again after :meth:`close`."""
+        with self._lock:
+            self._closed = False
 
     def close(self) -> None:
         """Close idle connections now and busy ones when they come back."""

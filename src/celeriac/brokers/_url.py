@@ -117,6 +117,10 @@ class BackendURL:
             )
         return value.lower()
 
+    def ignore(self, *names: str) -> None:
+        """Accept these options without using them (a sink given its broker's URL)."""
+        self._read.update(names)
+
     def finish(self) -> None:
         """Reject options that were given but never read."""
         unknown = sorted(set(self._options) - self._read)

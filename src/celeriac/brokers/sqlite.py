@@ -94,10 +94,10 @@ class SqliteBroker:
 
     async def connect(self) -> None:
         """Create the file, switch it to WAL mode and create the schema if missing."""
-        if self._connected:
-            return
-        await self._db.run(lambda conn: self._db.setup())
-        self._connected = True
+        if not self._connected:
+            self._db.reopen()
+            await self._db.run(self._db.setup)
+            self._connected = True
 
     async def close(self) -> None:
         """Close the connections; unacked deliveries return when their lease ends."""
@@ -128,7 +128,7 @@ class SqliteBroker:
         self,
         queues: Sequence[str],
         limit: int,
-        timeout: float,  # noqa: ASYNC109 (the Broker protocol's signature)
+        timeout: float,
     ) -> list[Delivery]:
         """Claim up to ``limit`` due messages, waiting up to ``timeout`` for the first."""
         if limit <= 0 or not queues:
@@ -308,9 +308,9 @@ class SqliteBroker:
 
         def count(conn: sqlite3.Connection) -> dict[str, QueueStats]:
             rows = conn.execute(
-                "SELECT q.name, count(m.id) - count(nullif(m.available_at <= :now, 1)),"
-                " count(nullif(m.available_at > :now AND m.leased = 0, 0)),"
-                " count(nullif(m.available_at > :now AND m.leased = 1, 0))"
+                "SELECT q.name, coalesce(sum(m.available_at <= :now), 0),"
+                " coalesce(sum(m.available_at > :now AND m.leased = 0), 0),"
+                " coalesce(sum(m.available_at > :now AND m.leased = 1), 0)"
                 " FROM celeriac_queues q LEFT JOIN celeriac_messages m ON m.queue = q.name"
                 " GROUP BY q.name",
                 {"now": time.time()},

@@ -87,6 +87,7 @@ class MemorySink:
 
     def __init__(self, url: str = "memory://", hub: Hub | None = None) -> None:
         parsed = BackendURL(url)
+        parsed.ignore("visibility_timeout")  # the same URL often names the broker too
         parsed.finish()
         self.url = url
         #: the store's name: ``memory://NAME``, ``"default"`` when left out
@@ -127,7 +128,7 @@ class MemorySink:
     async def wait(
         self,
         ids: Sequence[str],
-        timeout: float,  # noqa: ASYNC109 (the DataSink protocol's signature)
+        timeout: float,
         states: frozenset[str],
     ) -> dict[str, StoredDocument]:
         """Documents among ``ids`` in ``states``, as soon as there is one (or at timeout)."""

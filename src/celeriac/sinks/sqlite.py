@@ -8,7 +8,8 @@ has committed, so a result stored by a worker process is seen within about a
 millisecond. Expired documents are invisible at once and deleted by later writes.
 
 URL options: ``busy_timeout``, ``synchronous``, ``poll_interval`` and
-``idle_poll_interval``, as for the SQLite broker (see :mod:`celeriac.brokers.sqlite`).
+``idle_poll_interval``, as for the SQLite broker (see :mod:`celeriac.brokers.sqlite`);
+the broker's ``visibility_timeout`` is accepted and ignored, so one URL serves both.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SqliteSink:
         self.url = url
         self._db: Database = open_database(parsed)
         self._pacing = pacing(parsed)
+        parsed.ignore("visibility_timeout")  # the same URL often names the broker too
         parsed.finish()
         self._connected = False
         self._next_sweep = 0.0
@@ -62,7 +64,8 @@ class SqliteSink:
     async def connect(self) -> None:
         """Create the file, switch it to WAL mode and create the schema if missing."""
         if not self._connected:
-            await self._db.run(lambda conn: self._db.setup())
+            self._db.reopen()
+            await self._db.run(self._db.setup)
             self._connected = True
 
     async def close(self) -> None:
@@ -136,7 +139,7 @@ class SqliteSink:
     async def wait(
         self,
         ids: Sequence[str],
-        timeout: float,  # noqa: ASYNC109 (the DataSink protocol's signature)
+        timeout: float,
         states: frozenset[str],
     ) -> dict[str, StoredDocument]:
         """Documents among ``ids`` in ``states``, as soon as there is one (or at timeout)."""

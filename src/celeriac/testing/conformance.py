@@ -183,8 +183,9 @@ class BrokerConformance:
 
     async def test_fetch_hands_out_at_most_limit(self, broker: Broker, queue: str) -> None:
         await broker.publish([_out(queue, n) for n in range(5)])
-        assert len(await broker.fetch([queue], 2, 1.0)) == 2
-        assert len(await broker.fetch([queue], 10, 1.0)) == 3
+        first = await broker.fetch([queue], 2, 1.0)
+        assert 1 <= len(first) <= 2
+        assert len(first) + len(await _fetch_all(broker, [queue], 5 - len(first))) == 5
 
     async def test_fetch_only_from_the_queues_named(self, broker: Broker, queue: str) -> None:
         await broker.publish([_out(queue + "-other")])
@@ -243,12 +244,13 @@ class BrokerConformance:
         await broker.nack([first])
         [again] = await broker.fetch([queue], 1, 2.0)
         assert (again.id, again.body, again.deliveries) == (first.id, first.body, 2)
+        assert again.receipt != first.receipt  # a receipt names one delivery
 
     async def test_nack_with_delay_holds_the_message_back(self, broker: Broker, queue: str) -> None:
         await broker.publish([_out(queue)])
         [first] = await broker.fetch([queue], 1, 2.0)
-        due = time.time() + 0.2
-        await broker.nack([first], delay=0.2)
+        due = time.time() + 0.3
+        await broker.nack([first], delay=0.3)
         assert await broker.fetch([queue], 1, 0.0) == []
         assert (await broker.stats())[queue] == QueueStats(ready=0, delayed=1, in_flight=0)
         [again] = await broker.fetch([queue], 1, 3.0)
@@ -270,11 +272,9 @@ class BrokerConformance:
     async def test_extend_keeps_the_lease(self, leasing: Broker, queue: str) -> None:
         await leasing.publish([_out(queue)])
         [held] = await leasing.fetch([queue], 1, 2.0)
-        until = time.monotonic() + self.lease * 2
-        while time.monotonic() < until:
-            await leasing.extend([held], self.lease)
-            assert await leasing.fetch([queue], 1, self.lease / 3) == []
-        [again] = await leasing.fetch([queue], 1, self.lease + 3.0)
+        await leasing.extend([held], self.lease * 4)
+        assert await leasing.fetch([queue], 1, self.lease * 2) == []  # past the first lease
+        [again] = await leasing.fetch([queue], 1, self.lease * 4 + 3.0)
         assert (again.id, again.deliveries) == (held.id, 2)
 
     async def test_a_stale_delivery_cannot_nack_or_extend_the_current_one(
@@ -295,6 +295,8 @@ class BrokerConformance:
     ) -> None:
         if not self.shared_across_processes:
             pytest.skip("this backend's store lives in one process")
+        if sys.platform == "win32":
+            pytest.skip("needs SIGKILL")
         sent = [_out(queue, n) for n in range(3)]
         await leasing.publish(sent)
         path = os.pathsep.join([_IMPORT_ROOT, os.environ.get("PYTHONPATH", "")])
@@ -336,7 +338,7 @@ class BrokerConformance:
                         got = await broker.fetch([queue], 1, 2.0)
                 await broker.ack(got)
                 acked += [d.id for d in got]
-        rest = await broker.fetch([queue], len(sent), 0.5)
+        rest = await _fetch_all(broker, [queue], len(sent) - len(acked), within=2.0)
         assert {d.deliveries for d in rest} <= {1}
         assert sorted(acked + [d.id for d in rest]) == sorted(m.id for m in sent)
 
@@ -345,7 +347,7 @@ class BrokerConformance:
     async def test_delayed_message_is_not_delivered_before_its_eta(
         self, broker: Broker, queue: str
     ) -> None:
-        eta = time.time() + 0.25
+        eta = time.time() + 0.3
         await broker.publish([_out(queue, eta=eta)])
         assert await broker.fetch([queue], 1, 0.0) == []
         assert (await broker.stats())[queue] == QueueStats(ready=0, delayed=1, in_flight=0)
@@ -492,11 +494,11 @@ class BrokerConformance:
         a = WorkerInfo("a", "host", 1, ["q"], started_at=now, seen_at=now)
         b = WorkerInfo("b", "host", 2, ["q", "r"], started_at=now, seen_at=now, loop="trio")
         await broker.heartbeat(a, ttl=60)
-        await broker.heartbeat(b, ttl=0.15)
+        await broker.heartbeat(b, ttl=0.3)
         a2 = WorkerInfo("a", "host", 1, ["q"], started_at=now, seen_at=now + 1, processed=7)
         await broker.heartbeat(a2, ttl=60)
         assert sorted(await broker.workers(), key=lambda w: w.name) == [a2, b]
-        await anyio.sleep(0.25)
+        await anyio.sleep(0.4)
         assert await broker.workers() == [a2]
         await broker.forget_worker("a")
         assert await broker.workers() == []
@@ -607,10 +609,10 @@ class SinkConformance:
     async def test_an_expired_document_is_gone_and_counts_as_absent(
         self, sink: DataSink, doc: Callable[..., StoredDocument]
     ) -> None:
-        await sink.store([doc("a", body=b"old")], ttl=0.15)
+        await sink.store([doc("a", body=b"old")], ttl=0.3)
         await sink.store([doc("b")], ttl=60)
         assert set(await sink.get([doc("a").id, doc("b").id])) == {doc("a").id, doc("b").id}
-        await anyio.sleep(0.25)
+        await anyio.sleep(0.4)
         assert set(await sink.get([doc("a").id, doc("b").id])) == {doc("b").id}
         await sink.store_if_absent([doc("a", body=b"new")], ttl=None)
         assert await sink.get([doc("a").id]) == {doc("a").id: doc("a", body=b"new")}
