@@ -148,7 +148,9 @@ class Codec:
         if fmt not in self.accept:
             raise DecodeError(f"{fmt} messages are not accepted here")
         try:
-            envelope = _json_decoder.decode(data) if fmt == "json" else _msgpack_decoder.decode(data)
+            envelope = (
+                _json_decoder.decode(data) if fmt == "json" else _msgpack_decoder.decode(data)
+            )
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             # msgspec reports invalid UTF-8 inside strings as UnicodeDecodeError
             raise DecodeError(f"malformed envelope: {exc}") from exc

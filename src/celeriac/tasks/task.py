@@ -115,9 +115,7 @@ def make_envelope(
 class Task(Generic[P, R]):
     """A registered task. Call it for a plain local call; ``delay`` to run it on a worker."""
 
-    def __init__(
-        self, app: App, name: str, fn: Callable[P, Any], options: TaskOptions
-    ) -> None:
+    def __init__(self, app: App, name: str, fn: Callable[P, Any], options: TaskOptions) -> None:
         self.app = app
         self.name = name
         self.fn = fn
