@@ -40,7 +40,7 @@ def checksum(data: str) -> str:
 def render_invoice(order_id: int, lines: list[list[object]]) -> str:
     """Isolated: runs in a separate process."""
     total = sum(float(str(price)) * int(str(qty)) for _, price, qty in lines)
-    return f"invoice #{order_id}: {len(lines)} line(s), total {total:.2f} (rendered by pid {os.getpid()})"
+    return f"invoice #{order_id}: {len(lines)} line(s), {total:.2f} total, by pid {os.getpid()}"
 
 
 def legacy_discount(cents: int, percent: int) -> int:

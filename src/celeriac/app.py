@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from datetime import datetime
@@ -22,7 +21,7 @@ import msgspec
 from celeriac.abc import Outgoing, StoredDocument
 from celeriac.brokers import Hub
 from celeriac.config import Settings, load_settings
-from celeriac.errors import ConfigurationError
+from celeriac.errors import ConfigurationError, DecodeError
 from celeriac.messages import Codec, Envelope
 from celeriac.runtime import Bridge, Runtime
 from celeriac.tasks.outcome import PENDING, REVOKED, ErrorInfo, ErrorTypes, Outcome, value_of
@@ -391,7 +390,10 @@ class App:
 
     def _outcome(self, doc: StoredDocument) -> Outcome:
         envelope = self.codec.decode(doc.body)
-        return msgspec.convert(envelope.body, Outcome)
+        try:
+            return msgspec.convert(envelope.body, Outcome)
+        except msgspec.ValidationError as exc:
+            raise DecodeError(f"result document for {doc.id} is malformed: {exc}") from exc
 
     async def _state_of(self, runtime: Runtime, id: str) -> str:
         found = await runtime.sink.get([id])
@@ -422,5 +424,3 @@ class App:
             "queues": {q: s for q, s in (await runtime.broker.stats()).items()},
             "workers": await runtime.broker.workers(),
         }
-
-

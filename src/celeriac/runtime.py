@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import itertools
-import sys
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -57,7 +57,8 @@ def loop_key() -> object | None:
     trio = sys.modules.get("trio")
     if trio is not None:
         try:
-            return trio.lowlevel.current_trio_token()
+            token: object = trio.lowlevel.current_trio_token()
+            return token
         except RuntimeError:
             return None
     return None
@@ -183,7 +184,9 @@ class Runtime:
         finally:
             await self.close()
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled (see :meth:`running`)."""
         async with self.running():
             task_status.started()
@@ -191,12 +194,11 @@ class Runtime:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush the publisher (at most ``timeout`` seconds), then stop :meth:`run`."""
-        if self.publisher is not None:
-            if not await self.publisher.flush(timeout):
-                log.error(
-                    "%d message(s) not published at shutdown: the broker did not accept them",
-                    len(self.publisher),
-                )
+        if self.publisher is not None and not await self.publisher.flush(timeout):
+            log.error(
+                "%d message(s) not published at shutdown: the broker did not accept them",
+                len(self.publisher),
+            )
         if self._cancel is not None:
             self._cancel.cancel()
 
@@ -238,14 +240,16 @@ class Bridge:
 
             async def main() -> None:
                 try:
-                    async with anyio.from_thread.BlockingPortal() as portal:
-                        async with anyio.create_task_group() as tg:
-                            await tg.start(runtime.run)
-                            self._portal = portal
-                            self._background = runtime
-                            ready.set()
-                            await portal.sleep_until_stopped()
-                            tg.cancel_scope.cancel()
+                    async with (
+                        anyio.from_thread.BlockingPortal() as portal,
+                        anyio.create_task_group() as tg,
+                    ):
+                        await tg.start(runtime.run)
+                        self._portal = portal
+                        self._background = runtime
+                        ready.set()
+                        await portal.sleep_until_stopped()
+                        tg.cancel_scope.cancel()
                 except BaseException as exc:
                     failure.append(exc)
                     ready.set()
@@ -318,12 +322,10 @@ class Bridge:
         thread.join(timeout)
 
 
-
-
 async def _flush(runtime: Runtime | None, timeout: float) -> None:
-    if runtime is not None and runtime.publisher is not None:
-        if not await runtime.publisher.flush(timeout):
-            log.error(
-                "%d message(s) not published at exit: the broker did not accept them",
-                len(runtime.publisher),
-            )
+    publisher = runtime.publisher if runtime is not None else None
+    if publisher is not None and not await publisher.flush(timeout):
+        log.error(
+            "%d message(s) not published at exit: the broker did not accept them",
+            len(publisher),
+        )

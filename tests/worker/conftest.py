@@ -8,9 +8,9 @@ from typing import Any
 
 import anyio
 import pytest
+from tests.apps.basic import make_app
 
 from celeriac import App, Worker
-from tests.apps.basic import make_app
 
 
 @pytest.fixture

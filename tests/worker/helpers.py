@@ -27,7 +27,18 @@ def spawn_worker(
     env = dict(os.environ, CELERIAC_BROKER=broker)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
-        [sys.executable, "-m", "celeriac", "--log-format", "json", "worker", app, "--loop", loop, *extra],
+        [
+            sys.executable,
+            "-m",
+            "celeriac",
+            "--log-format",
+            "json",
+            "worker",
+            app,
+            "--loop",
+            loop,
+            *extra,
+        ],
         env=env,
         stdout=out,
         stderr=out,

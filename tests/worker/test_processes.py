@@ -11,10 +11,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-
-from celeriac import App
 from tests.apps.basic import make_app
 from tests.worker.helpers import lines, spawn_worker, stop, wait_for_workers, worker_process
+
+from celeriac import App
 
 pytestmark = pytest.mark.anyio
 
@@ -69,9 +69,9 @@ async def test_sigkilled_worker_loses_no_message(tmp_path: Path) -> None:
                 await anyio.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        in_flight = {
-            line.split()[1] for line in lines(log) if line.startswith("start")
-        } - {line.split()[1] for line in lines(log) if line.startswith("end")}
+        in_flight = {line.split()[1] for line in lines(log) if line.startswith("start")} - {
+            line.split()[1] for line in lines(log) if line.startswith("end")
+        }
         assert in_flight, "the kill should have interrupted running tasks"
         with worker_process(broker):
             with anyio.fail_after(40):
@@ -80,7 +80,9 @@ async def test_sigkilled_worker_loses_no_message(tmp_path: Path) -> None:
     ended = {line.split()[1] for line in lines(log) if line.startswith("end")}
     assert ended == {f"t{i}" for i in range(count)}
     # The interrupted ones ran again, to completion, in the second worker.
-    second_ends = [line for line in lines(log) if line.startswith("end") and int(line.split()[2]) != first.pid]
+    second_ends = [
+        line for line in lines(log) if line.startswith("end") and int(line.split()[2]) != first.pid
+    ]
     assert in_flight <= {line.split()[1] for line in second_ends}
 
 
@@ -90,7 +92,9 @@ async def test_sigterm_finishes_running_tasks_and_returns_the_rest(tmp_path: Pat
     log = tmp_path / "effects"
     async with app:
         results = [app.send_task("basic.sleep", (0.5, str(log), f"t{i}")) for i in range(40)]
-        worker = spawn_worker(broker, "--async-concurrency", "4", "--prefetch", "20", "--grace", "10")
+        worker = spawn_worker(
+            broker, "--async-concurrency", "4", "--prefetch", "20", "--grace", "10"
+        )
         with anyio.fail_after(20):
             while not any(line.startswith("start") for line in lines(log)):
                 await anyio.sleep(0.02)
@@ -130,7 +134,16 @@ def test_call_command_prints_the_result(sqlite_url: str) -> None:
     env = dict(os.environ, CELERIAC_BROKER=sqlite_url)
     with worker_process(sqlite_url):
         out = subprocess.run(
-            [sys.executable, "-m", "celeriac", "call", "tests.apps.basic:app", "basic.add", "2", "40"],
+            [
+                sys.executable,
+                "-m",
+                "celeriac",
+                "call",
+                "tests.apps.basic:app",
+                "basic.add",
+                "2",
+                "40",
+            ],
             env=env,
             capture_output=True,
             timeout=60,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from tests.apps.basic import PaymentDeclined
+from tests.worker.helpers import lines
 
 from celeriac import App, TaskError, TaskRevoked, Worker
 from celeriac.worker.budget import Budget
-from tests.apps.basic import PaymentDeclined
-from tests.worker.helpers import lines
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +119,9 @@ async def test_revoked_before_start_never_runs(app: App, running: Running, tmp_p
     assert lines(log) == []
 
 
-async def test_revoking_a_running_task_cancels_it(app: App, running: Running, tmp_path: Path) -> None:
+async def test_revoking_a_running_task_cancels_it(
+    app: App, running: Running, tmp_path: Path
+) -> None:
     log = tmp_path / "log"
     async with running(app):
         result = app.send_task("basic.sleep", (10, str(log), "long"))

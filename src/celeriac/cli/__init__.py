@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -23,9 +24,10 @@ from celeriac.observability import configure_logging
 __all__ = ["main"]
 
 APP = AppParam()
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _app_argument() -> Any:
+def _app_argument() -> Callable[[F], F]:
     return click.argument("app", type=APP, envvar="CELERIAC_APP")
 
 
@@ -55,11 +57,14 @@ def main(log_level: str, log_format: str) -> None:
     configure_logging(log_level, log_format)  # type: ignore[arg-type]
 
 
-def _worker_options(fn: Any) -> Any:
+def _worker_options(fn: F) -> F:
     options = [
         click.option("-Q", "--queues", help="Comma-separated queues (default: all the app's)."),
         click.option(
-            "-c", "--concurrency", type=click.IntRange(min=1), help="Threads and boxes (default 10 / CPUs)."
+            "-c",
+            "--concurrency",
+            type=click.IntRange(min=1),
+            help="Threads and boxes (default 10 / CPUs).",
         ),
         click.option(
             "--async-concurrency",
@@ -119,7 +124,9 @@ def worker(
 
 @main.command()
 @_app_argument()
-@click.option("--run", "program", help="module:function to run once the worker is ready; exit after.")
+@click.option(
+    "--run", "program", help="module:function to run once the worker is ready; exit after."
+)
 @_worker_options
 def dev(
     app: App,
@@ -220,7 +227,10 @@ def status(app: App, as_json: bool) -> None:
     """What is queued, what runs, and which workers are alive."""
     info = app._bridge.call_sync(app._status)
     app.close()
-    queues = {name: {"ready": s.ready, "delayed": s.delayed, "in_flight": s.in_flight} for name, s in info["queues"].items()}
+    queues = {
+        name: {"ready": s.ready, "delayed": s.delayed, "in_flight": s.in_flight}
+        for name, s in info["queues"].items()
+    }
     workers = [
         {
             "name": w.name,
@@ -236,14 +246,19 @@ def status(app: App, as_json: bool) -> None:
         for w in info["workers"]
     ]
     if as_json:
-        click.echo(json.dumps({"broker": app.broker_url, "queues": queues, "workers": workers}, indent=2))
+        click.echo(
+            json.dumps({"broker": app.broker_url, "queues": queues, "workers": workers}, indent=2)
+        )
         return
     click.echo(f"broker  {app.broker_url}")
     click.echo("queues")
     if not queues:
         click.echo("  (none)")
     for name, q in sorted(queues.items()):
-        click.echo(f"  {name:<20} ready {q['ready']:>7}  delayed {q['delayed']:>7}  in flight {q['in_flight']:>7}")
+        click.echo(
+            f"  {name:<20} ready {q['ready']:>7}  delayed {q['delayed']:>7}"
+            f"  in flight {q['in_flight']:>7}"
+        )
     click.echo(f"workers ({len(workers)} alive)")
     for w in workers:
         click.echo(

@@ -32,23 +32,29 @@ def load_app(spec: str) -> App:
             try:
                 obj = getattr(obj, part)
             except AttributeError:
-                raise click.BadParameter(f"module {module_name!r} has no attribute {attr!r}") from None
+                raise click.BadParameter(
+                    f"module {module_name!r} has no attribute {attr!r}"
+                ) from None
         if not isinstance(obj, App):
             raise click.BadParameter(f"{spec} is a {type(obj).__name__}, not a celeriac App")
         return obj
     apps = [value for value in vars(module).values() if isinstance(value, App)]
     if len(apps) != 1:
         found = "no App" if not apps else f"{len(apps)} Apps"
-        raise click.BadParameter(f"module {module_name!r} has {found}; name one as {module_name}:app")
+        raise click.BadParameter(
+            f"module {module_name!r} has {found}; name one as {module_name}:app"
+        )
     return apps[0]
 
 
-class AppParam(click.ParamType):
+class AppParam(click.ParamType):  # type: ignore[type-arg]
     """A click parameter that loads an App; falls back to $CELERIAC_APP."""
 
     name = "app"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> App:
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> App:
         if isinstance(value, App):
             return value
         try:

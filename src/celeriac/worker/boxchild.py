@@ -46,7 +46,9 @@ class BoxResponse(msgspec.Struct, frozen=True, omit_defaults=True):
     error: Any = None
 
 
-def _resolve(request: BoxRequest, cache: dict[tuple[str, str], Callable[..., Any]]) -> Callable[..., Any]:
+def _resolve(
+    request: BoxRequest, cache: dict[tuple[str, str], Callable[..., Any]]
+) -> Callable[..., Any]:
     key = (request.module, request.qualname)
     fn = cache.get(key)
     if fn is not None:
@@ -60,9 +62,9 @@ def _resolve(request: BoxRequest, cache: dict[tuple[str, str], Callable[..., Any
         rest = request.qualname.split(".")
     for part in rest:
         obj = getattr(obj, part)
-    fn = getattr(obj, "fn", obj)  # a Task object wraps the plain function
-    cache[key] = fn
-    return fn
+    found: Callable[..., Any] = getattr(obj, "fn", obj)  # a Task wraps the plain function
+    cache[key] = found
+    return found
 
 
 def _call(fn: Callable[..., Any], request: BoxRequest) -> Any:

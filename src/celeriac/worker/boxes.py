@@ -60,7 +60,8 @@ class Box:
 
     def __init__(self, process: anyio.abc.Process) -> None:
         self.process = process
-        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout is not None
+        assert process.stdin is not None
         self._out = BufferedByteReceiveStream(process.stdout)
         self._in = process.stdin
 

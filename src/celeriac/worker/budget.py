@@ -8,15 +8,16 @@ minimum, a maximum, and a *current* limit between them that follows the load:
 * after the cooldown, if the queue still outgrows the limit, it grows
   exponentially: ``ceil(limit * exponent ** increases)``, where ``increases``
   counts the growths since the last shrink;
-* when fewer tasks are queued than the limit allows and fewer are running than
-  the limit, it shrinks to the number running (never below the minimum), and the
-  growth count starts over.
+* when nothing is queued and fewer tasks run than the limit, it shrinks to the
+  number running (never below the minimum), and the growth count starts over.
 
 It never goes above the maximum. Callers should pass as ``queued`` the *smallest*
 queue length seen since the last update, so that a queue which empties between
-batches (the runners keep up) does not count as a backlog. :class:`Budget` does no I/O and reads no clock:
-callers pass ``now``, so it is tested directly and can be replaced by anything
-with the same ``update`` method (see :class:`BudgetStrategy`).
+batches (the runners keep up) does not count as a backlog.
+
+:class:`Budget` does no I/O and reads no clock: callers pass ``now``, so it is
+tested directly and can be replaced by anything with the same ``update`` method
+(see :class:`BudgetStrategy`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ class Budget:
         exponent: float = 2.0,
     ) -> None:
         if minimum < 0 or maximum < max(minimum, 1):
-            raise ValueError(f"need 0 <= minimum <= maximum and maximum >= 1, got {minimum}, {maximum}")
+            raise ValueError(
+                f"need 0 <= minimum <= maximum and maximum >= 1, got {minimum}, {maximum}"
+            )
         if exponent < 1:
             raise ValueError("exponent must be at least 1")
         self.minimum = minimum

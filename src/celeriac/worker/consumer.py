@@ -90,7 +90,9 @@ class Consumer:
         self._stopping = True
         self._room.notify()
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Fetch and dispatch until :meth:`stop`."""
         self._stopping = False
         self._done = anyio.Event()
@@ -130,6 +132,13 @@ class Consumer:
                 continue
             id = envelope.id
             key = _key(delivery)
+            if id != delivery.id:
+                self.rejected += 1
+                self.held[key] = delivery
+                settle.dead_letter(
+                    delivery, f"IdMismatch: envelope id {id!r} is not the broker's {delivery.id!r}"
+                )
+                continue
             if self.ids.get(id) == key:
                 continue  # the same broker message again: settling the one we hold settles it
             if id in self.ids or id in self.recent:
@@ -141,7 +150,9 @@ class Consumer:
             self.held[key] = delivery
             self.ids[id] = key
             if envelope.kind != "command":
-                settle.dead_letter(delivery, f"UnsupportedKind: {envelope.kind} messages are not run")
+                settle.dead_letter(
+                    delivery, f"UnsupportedKind: {envelope.kind} messages are not run"
+                )
                 continue
             task = self.tasks.get(envelope.name)
             if task is None:
@@ -156,6 +167,10 @@ class Consumer:
                     id=id, state=FAILURE, body=codec.encode(document_for(envelope, outcome))
                 )
                 settle.dead_letter(delivery, f"UnknownTask: {reason}", doc)
+                continue
+            if envelope.eta is not None and envelope.eta > now + 0.05:
+                # Early (the broker's clock or row was changed): back until it is due.
+                settle.release(delivery, envelope.eta - now)
                 continue
             job = Job(delivery, envelope, task)
             if self.is_revoked(id) or (envelope.expires is not None and envelope.expires < now):

@@ -131,7 +131,9 @@ class Control:
                 log.warning("heartbeat failed: %r", exc)
             await anyio.sleep(self.heartbeat_every)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Watch revocations and keep leases until cancelled (read revocations first)."""
         await self.poll_revocations()
         async with anyio.create_task_group() as tg:

@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from celeriac._notify import Notifier
 from celeriac.abc import StoredDocument
 from celeriac.messages import Codec, Envelope
 from celeriac.tasks.outcome import (
@@ -37,7 +38,7 @@ from celeriac.tasks.outcome import (
     error_info,
 )
 from celeriac.worker.boxchild import BoxRequest
-from celeriac.worker.boxes import BoxDied, BoxPool
+from celeriac.worker.boxes import BoxPool
 from celeriac.worker.budget import BudgetStrategy
 from celeriac.worker.job import Job
 from celeriac.worker.jobqueue import JobQueue
@@ -62,7 +63,9 @@ def encode_outcome(codec: Codec, job: Job, outcome: Outcome) -> StoredDocument:
     except (TypeError, ValueError, OverflowError) as exc:
         failure = Outcome(
             state=FAILURE,
-            error=error_info(TypeError(f"result of {job.envelope.name} is not serializable: {exc}")),
+            error=error_info(
+                TypeError(f"result of {job.envelope.name} is not serializable: {exc}")
+            ),
             worker=outcome.worker,
         )
         body = codec.encode(document_for(job.envelope, failure))
@@ -102,6 +105,7 @@ class Executor:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
         self._grace_scope: anyio.CancelScope | None = None
+        self._idle = Notifier()
         self._limiter = anyio.CapacityLimiter(max(1, budget.limit))
         self._boxes = BoxPool(max(1, budget.limit)) if kind == "process" else None
         self._run_job: Callable[[Job], Awaitable[Any]] = {
@@ -164,11 +168,13 @@ class Executor:
         env = job.envelope
         if self.is_revoked(job.id) or (env.expires is not None and env.expires < time.time()):
             reason = "revoked" if self.is_revoked(job.id) else "expired"
-            self._finish(job, Outcome(state=REVOKED, error=_revoked_info(reason), worker=self.worker_name))
+            self._finish(
+                job, Outcome(state=REVOKED, error=_revoked_info(reason), worker=self.worker_name)
+            )
             return
         self.running[job.id] = job
         job.scope = scope
-        if self.track_started:
+        if self.track_started and not env.ignore_result:
             self.settle.started(job.id, functools.partial(self._started_document, env))
         started = time.perf_counter()
         limit = job.task.options.time_limit
@@ -182,14 +188,18 @@ class Executor:
                     raise TimeLimitExceeded(f"{env.name} ran past its {limit}s limit")
         except anyio.get_cancelled_exc_class():
             if job.revoked:
-                self._finish(job, Outcome(state=REVOKED, error=_revoked_info("revoked while running")))
+                self._finish(
+                    job, Outcome(state=REVOKED, error=_revoked_info("revoked while running"))
+                )
             else:  # released at shutdown, or the worker itself is being cancelled
                 self.settle.release(job.delivery)
             raise
         except _RemoteError as exc:
             self._finish(job, Outcome(state=FAILURE, error=exc.info, worker=self.worker_name))
         except Exception as exc:
-            self._finish(job, Outcome(state=FAILURE, error=error_info(exc), worker=self.worker_name))
+            self._finish(
+                job, Outcome(state=FAILURE, error=error_info(exc), worker=self.worker_name)
+            )
         else:
             self._finish(
                 job,
@@ -203,18 +213,24 @@ class Executor:
         finally:
             job.scope = None
             del self.running[job.id]
+            if not self.running and self._stopping:
+                self._idle.notify()
 
     def _started_document(self, env: Envelope) -> StoredDocument:
         outcome = Outcome(state=STARTED, worker=self.worker_name)
-        return StoredDocument(id=env.id, state=STARTED, body=self.codec.encode(document_for(env, outcome)))
+        return StoredDocument(
+            id=env.id, state=STARTED, body=self.codec.encode(document_for(env, outcome))
+        )
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         self.processed += 1
         if outcome.state == FAILURE:
             self.failed += 1
             log.warning("task %s[%s] failed: %s", job.envelope.name, job.id, _summary(outcome))
-        doc = None if job.envelope.ignore_result and outcome.state == SUCCESS else encode_outcome(
-            self.codec, job, outcome
+        doc = (
+            None
+            if job.envelope.ignore_result and outcome.state == SUCCESS
+            else encode_outcome(self.codec, job, outcome)
         )
         self.settle.finished(job.delivery, doc, job.task.options.sinks)
 
@@ -239,6 +255,8 @@ class Executor:
                     return
         finally:
             self._runners -= 1
+            if self._stopping:
+                self._idle.notify()
 
     def _spawn(self, count: int) -> None:
         assert self._tg is not None
@@ -258,7 +276,9 @@ class Executor:
         if self._runners < limit:
             self._spawn(limit - self._runners)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run runners until :meth:`stop`; re-evaluate the budget every tick."""
         try:
             async with anyio.create_task_group() as tg:
@@ -276,7 +296,9 @@ class Executor:
     def hurry(self, grace: float) -> None:
         """Shorten a grace period in progress (or the next one) to ``grace`` seconds."""
         if self._grace_scope is not None:
-            self._grace_scope.deadline = min(self._grace_scope.deadline, anyio.current_time() + grace)
+            self._grace_scope.deadline = min(
+                self._grace_scope.deadline, anyio.current_time() + grace
+            )
 
     async def stop(self, grace: float) -> None:
         """Release queued jobs now; give running ones ``grace`` seconds, then release them."""
@@ -286,7 +308,9 @@ class Executor:
         self.queue.close()
         with anyio.move_on_after(grace) as self._grace_scope:
             while self.running:
-                await anyio.sleep(0.02)
+                version = self._idle.version
+                if self.running:
+                    await self._idle.wait(version)
         self._grace_scope = None
         for job in list(self.running.values()):
             log.warning(
@@ -298,7 +322,9 @@ class Executor:
             if job.scope is not None:
                 job.scope.cancel()
         while self._runners:
-            await anyio.sleep(0.01)
+            version = self._idle.version
+            if self._runners:
+                await self._idle.wait(version)
 
     @property
     def load(self) -> tuple[int, int, int]:
@@ -322,5 +348,3 @@ def _summary(outcome: Outcome) -> str:
     if outcome.error is None:
         return outcome.state
     return f"{outcome.error.type}: {outcome.error.message}"
-
-

@@ -43,7 +43,9 @@ class ServiceActor(Actor[None]):
         self._tg = await self.resources.enter_async_context(anyio.create_task_group())
         await self._tg.start(self._serve)
 
-    async def _serve(self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def _serve(
+        self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         await self._run(task_status=task_status)
 
     async def on_stop(self) -> None:

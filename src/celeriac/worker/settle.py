@@ -74,7 +74,9 @@ class ResultPublisher:
         self._batch.started[id] = document
         self._kick()
 
-    def finished(self, delivery: Delivery, doc: StoredDocument | None, sinks: Sequence[str]) -> None:
+    def finished(
+        self, delivery: Delivery, doc: StoredDocument | None, sinks: Sequence[str]
+    ) -> None:
         """Store ``doc`` (if any) in ``sinks``, then ack ``delivery``."""
         batch = self._batch
         if doc is not None:
@@ -83,7 +85,9 @@ class ResultPublisher:
         batch.acks.append(delivery)
         self._kick()
 
-    def dead_letter(self, delivery: Delivery, reason: str, doc: StoredDocument | None = None) -> None:
+    def dead_letter(
+        self, delivery: Delivery, reason: str, doc: StoredDocument | None = None
+    ) -> None:
         """Move ``delivery`` to the dead-letter store (after storing ``doc``, if any)."""
         if doc is not None:
             self._batch.started.pop(doc.id, None)
@@ -138,7 +142,9 @@ class ResultPublisher:
             for delay, deliveries in by_delay.items():
                 await self.broker.nack(deliveries, delay)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Settle batches until closed and empty."""
         self._closing = False
         task_status.started()
@@ -159,7 +165,9 @@ class ResultPublisher:
                         await self._write(batch)
                     break
                 except Exception as exc:
-                    log.warning("could not settle %d outcome(s), retrying: %r", len(batch.docs), exc)
+                    log.warning(
+                        "could not settle %d outcome(s), retrying: %r", len(batch.docs), exc
+                    )
                     await anyio.sleep(delay)
                     delay = min(delay * 2, self.backoff[1])
             self._busy = False

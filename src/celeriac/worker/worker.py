@@ -142,7 +142,9 @@ class Worker:
 
     # -- the run -------------------------------------------------------------------
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until :meth:`request_stop` (or cancellation), then shut down gracefully.
 
         The parts run as an actor tree: a supervisor whose children are the boot
@@ -196,7 +198,9 @@ class Worker:
         ]
         root = Supervisor(children, max_restarts=5, period=30.0, backoff=Backoff(0.1, 5.0))
         try:
-            async with actor_system(root, name="worker", shutdown_timeout=self.grace + 60) as system:
+            async with actor_system(
+                root, name="worker", shutdown_timeout=self.grace + 60
+            ) as system:
                 self.system = system
                 log.info(
                     "worker %s ready: queues %s, tasks %s",
