@@ -17,6 +17,7 @@
         ├── ActorNotRunning       tell/ask to an actor that is not started
         ├── MailboxFull           try_tell on a full mailbox
         ├── AskTimeout            no reply within the ask's timeout (also a TimeoutError)
+        ├── ActorTimeout          an actor did not reach a state in time (also a TimeoutError)
         └── BootError             a mandatory boot step failed; start-up stopped
 
 Third-party errors are translated at the backend boundary; cancellation is never
@@ -28,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "ActorError",
     "ActorNotRunning",
+    "ActorTimeout",
     "AskTimeout",
     "BootError",
     "BrokerError",
@@ -113,6 +115,10 @@ class MailboxFull(ActorError):
 
 class AskTimeout(ActorError, TimeoutError):
     """The actor did not reply within the ask's timeout."""
+
+
+class ActorTimeout(ActorError, TimeoutError):
+    """An actor did not reach the awaited state within the timeout."""
 
 
 class BootError(ActorError):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from ._actor import Actor
 from ._ref import ActorRef
-from ._spec import Backoff, ChildSpec, Restart, Strategy, boot_order
+from ._spec import Backoff, ChildSpec, Restart, StartChild, StopChild, Strategy, boot_order
 from ._state import ActorStatus, State
-from ._supervisor import StartChild, StopChild, Supervisor
+from ._supervisor import Supervisor
 from ._system import ActorSystem, actor_system
 
 __all__ = [

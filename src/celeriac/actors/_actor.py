@@ -187,11 +187,12 @@ class _Runner:
                             self._fail(exc)
         except Exception as exc:
             self._fail(exc)
-        except BaseException:
+        except BaseException as exc:
             # Cancelled from outside (our parent is being torn down): not a crash.
             crashed = self._failure is not None
             ref._set_state(State.CRASHED if crashed else State.STOPPED, self._failure)
             self.done.set()
+            _break_context_cycle(exc)
             raise
         failure = self._failure
         ref._set_state(State.CRASHED if failure is not None else State.STOPPED, failure)
@@ -205,6 +206,10 @@ class _Runner:
         self._on_exit(self, failure)
 
     def _fail(self, exc: BaseException) -> None:
+        # A task group the actor keeps in its resources wraps a failure in a group
+        # of one; the failure itself says more, and its traceback is kept.
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         if self._failure is None:
             self._failure = exc
         else:
@@ -283,3 +288,20 @@ def _close_mailbox(ref: ActorRef[Any], receive: MemoryObjectReceiveStream[Any]) 
             message.error = ActorNotRunning(f"{ref.path!r} stopped before handling the ask")
             message.done.set()
     receive.close()
+
+
+def _break_context_cycle(exc: BaseException) -> None:
+    """Cut a loop in ``exc``'s ``__context__`` chain.
+
+    ``AsyncExitStack`` can tie a cancellation's context chain into a loop when a
+    callback raises a new cancellation while an older one unwinds the stack, and
+    anyio's asyncio backend walks that chain when the task ends: a loop there hangs
+    the event loop. Seen with an exit stack holding a task group, on Python 3.11.
+    """
+    seen = {id(exc)}
+    while exc.__context__ is not None:
+        if id(exc.__context__) in seen:
+            exc.__context__ = None
+            return
+        seen.add(id(exc.__context__))
+        exc = exc.__context__

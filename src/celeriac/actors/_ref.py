@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectSendStream
 
-from celeriac.errors import ActorNotRunning, AskTimeout, MailboxFull
+from celeriac.errors import ActorNotRunning, ActorTimeout, AskTimeout, MailboxFull
 
 from ._state import TERMINAL, State, can_transition
 
@@ -99,17 +98,8 @@ class ActorRef(Generic[M]):
         send = self._send
         if send is None:
             raise self._not_running()
-        # Fast path: a full checkpoint (a trip through the event loop) per message
-        # would dominate the cost of telling, so only check for cancellation when
-        # there is room, and wait (a real checkpoint) only when the mailbox is full.
-        await checkpoint_if_cancelled()
         try:
-            send.send_nowait(message)
-        except anyio.WouldBlock:
-            try:
-                await send.send(message)
-            except _CLOSED:
-                raise self._not_running() from None
+            await send.send(message)
         except _CLOSED:
             raise self._not_running() from None
 
@@ -128,7 +118,7 @@ class ActorRef(Generic[M]):
         except _CLOSED:
             raise self._not_running() from None
 
-    async def ask(self, message: M, *, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+    async def ask(self, message: M, *, timeout: float = 5.0) -> Any:
         """Send ``message`` and return what the actor's ``receive`` returns for it.
 
         ``timeout`` covers waiting for room in the mailbox and for the reply; when it
@@ -155,7 +145,7 @@ class ActorRef(Generic[M]):
     async def wait_for(
         self,
         *states: State,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> State:
         """Wait until the actor is in one of ``states`` (default: STARTED); return it.
 
@@ -164,7 +154,7 @@ class ActorRef(Generic[M]):
         CRASHED and that is not one of ``states``, ActorNotRunning is raised (with
         the crash as its cause). An actor that has already ended when this is called
         may still be restarted by its supervisor, so the wait goes on; bound it with
-        ``timeout`` (seconds), after which TimeoutError is raised.
+        ``timeout`` (seconds), after which ActorTimeout (a TimeoutError) is raised.
         """
         wanted = frozenset(states) if states else frozenset({State.STARTED})
         if self._state in wanted:
@@ -172,8 +162,11 @@ class ActorRef(Generic[M]):
         waiter = _Waiter(wanted)
         self._waiters.append(waiter)
         try:
-            with anyio.fail_after(timeout):
+            with anyio.move_on_after(timeout) as scope:
                 await waiter.done.wait()
+            if scope.cancelled_caught:
+                names = " or ".join(sorted(state.name for state in wanted))
+                raise ActorTimeout(f"{self.path!r} did not reach {names} within {timeout}s")
         finally:
             self._waiters.remove(waiter)
         outcome = waiter.outcome

@@ -1,7 +1,8 @@
 """What a supervisor is told about its children, and the I/O-free decisions it makes.
 
 ``ChildSpec`` describes one child (a boot step, in the CEP's words); ``Restart`` and
-``Strategy`` are OTP's restart policies and strategies; ``Backoff`` spaces restarts.
+``Strategy`` are OTP's restart policies and strategies; ``Backoff`` spaces restarts;
+``StartChild`` and ``StopChild`` are the messages that change children at run time.
 ``boot_order`` sorts children by their ``depends_on`` with ``graphlib``; ``_Intensity``
 counts restarts in a sliding window. Both are pure and tested directly.
 """
@@ -20,7 +21,7 @@ from celeriac.errors import ConfigurationError
 
 from ._actor import Actor
 
-__all__ = ["Backoff", "ChildSpec", "Restart", "Strategy", "boot_order"]
+__all__ = ["Backoff", "ChildSpec", "Restart", "StartChild", "StopChild", "Strategy", "boot_order"]
 
 
 class Restart(Enum):
@@ -135,6 +136,24 @@ def boot_order(specs: Sequence[ChildSpec]) -> list[ChildSpec]:
         order.append(spec)
         sorter.done(spec.name)
     return order
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """Ask a supervisor to add and start a child; the reply is its ``ActorRef``.
+
+    The child boots like one declared up front: a mandatory child that fails to
+    start makes the ask raise (and is not added); an optional one is retried.
+    """
+
+    spec: ChildSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StopChild:
+    """Ask a supervisor to stop a child and forget it (no child may depend on it)."""
+
+    name: str
 
 
 class _Intensity:

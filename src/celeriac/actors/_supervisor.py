@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -27,32 +26,23 @@ from celeriac.errors import ActorError, BootError
 
 from ._actor import Actor, _Runner
 from ._ref import ActorRef
-from ._spec import Backoff, ChildSpec, Restart, Strategy, _Intensity, boot_order
+from ._spec import (
+    Backoff,
+    ChildSpec,
+    Restart,
+    StartChild,
+    StopChild,
+    Strategy,
+    _Intensity,
+    boot_order,
+)
 from ._state import State
 
-__all__ = ["StartChild", "StopChild", "Supervisor"]
+__all__ = ["Supervisor"]
 
 logger = logging.getLogger("celeriac.actors")
 
 _Exit = tuple[_Runner, BaseException | None]
-
-
-@dataclass(frozen=True, slots=True)
-class StartChild:
-    """Ask a supervisor to add and start a child; the reply is its ``ActorRef``.
-
-    The child boots like one declared up front: a mandatory child that fails to
-    start makes the ask raise (and is not added); an optional one is retried.
-    """
-
-    spec: ChildSpec
-
-
-@dataclass(frozen=True, slots=True)
-class StopChild:
-    """Ask a supervisor to stop a child and forget it (no child may depend on it)."""
-
-    name: str
 
 
 class _Child:

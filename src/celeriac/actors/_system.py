@@ -78,7 +78,7 @@ class ActorSystem:
             for path, ref in self._refs.items()
         }
 
-    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def shutdown(self, timeout: float | None = None) -> None:
         """Stop the whole tree gracefully, in reverse dependency order.
 
         Each child has its own ``shutdown_timeout``; if the tree as a whole takes
