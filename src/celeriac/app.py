@@ -313,7 +313,7 @@ class App:
             priority=envelope.priority,
             eta=envelope.eta,
         )
-        self._bridge.submit(url, message)
+        self._bridge.submit(url, message, expect_result=not envelope.ignore_result)
         return Result(self, envelope.id, envelope.name)
 
     def result(self, id: str) -> Result[Any]:

@@ -22,6 +22,7 @@ import itertools
 import logging
 import sys
 import threading
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -64,56 +65,105 @@ def loop_key() -> object | None:
     return None
 
 
-class ResultWaiter:
-    """One polling loop per runtime that resolves every pending result wait."""
+class _Waiter:
+    __slots__ = ("doc", "event")
 
-    def __init__(self, sink: DataSink, states: frozenset[str]) -> None:
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.doc: StoredDocument | None = None
+
+
+class ResultWaiter:
+    """One loop per runtime that resolves every result wait, in batches.
+
+    Awaiting results one after another (``for r in results: await r``) would
+    cost one round trip to the sink each. So the loop also reads ahead: results
+    of tasks published from this runtime that nobody waits for *yet* are
+    fetched in the same round trip and kept in a bounded cache, where the next
+    ``await`` finds them without any I/O.
+    """
+
+    def __init__(
+        self,
+        sink: DataSink,
+        states: frozenset[str],
+        *,
+        batch: int = 1024,
+        cache_size: int = 20_000,
+        expect_size: int = 200_000,
+    ) -> None:
         self.sink = sink
         self.states = states
-        self._pending: dict[str, list[anyio.Event]] = {}
-        self._found: dict[str, StoredDocument] = {}
+        self.batch = batch
+        self.cache_size = cache_size
+        self.expect_size = expect_size
+        self._pending: dict[str, list[_Waiter]] = {}
+        self._cache: OrderedDict[str, StoredDocument] = OrderedDict()
+        self._published: deque[str] = deque()  # appended from any thread
+        self._expected: OrderedDict[str, None] = OrderedDict()
         self._changed = Notifier()
+
+    def expect(self, id: str) -> None:
+        """A task whose result may be awaited was published here (any thread)."""
+        self._published.append(id)
 
     async def wait(self, id: str, timeout: float | None) -> StoredDocument:
         """The terminal document for ``id``, waiting at most ``timeout`` seconds."""
-        found = await self.sink.get([id])
-        doc = found.get(id)
-        if doc is not None and doc.state in self.states:
+        doc = self._cache.pop(id, None)
+        if doc is not None:
             return doc
-        event = anyio.Event()
-        self._pending.setdefault(id, []).append(event)
+        waiter = _Waiter()
+        self._pending.setdefault(id, []).append(waiter)
         self._changed.notify()
         try:
             if timeout is None:
-                await event.wait()
+                await waiter.event.wait()
             else:
                 with anyio.fail_after(timeout):
-                    await event.wait()
+                    await waiter.event.wait()
         except TimeoutError:
             raise ResultTimeout(f"no result for task {id} within {timeout}s") from None
         finally:
             waiters = self._pending.get(id)
-            if waiters is not None and event in waiters:
-                waiters.remove(event)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
                 if not waiters:
                     del self._pending[id]
-        return self._found.pop(id) if id not in self._pending else self._found[id]
+        assert waiter.doc is not None
+        return waiter.doc
+
+    def _batch_ids(self) -> list[str]:
+        expected, published = self._expected, self._published
+        while published:
+            expected[published.popleft()] = None
+        while len(expected) > self.expect_size:
+            expected.popitem(last=False)
+        ids = list(itertools.islice(self._pending, self.batch))
+        room = self.batch - len(ids)
+        if room > 0:
+            ids.extend(i for i in itertools.islice(expected, room) if i not in self._pending)
+        return ids
 
     async def run(self) -> None:
-        """Resolve pending waits, oldest first, many per round trip to the sink."""
+        """Resolve pending waits, oldest first, reading ahead in the same round trip."""
         while True:
             version = self._changed.version
             if not self._pending:
                 await self._changed.wait(version)
                 continue
-            ids = list(itertools.islice(self._pending, 1024))
-            found = await self.sink.wait(ids, 0.1, self.states)
+            found = await self.sink.wait(self._batch_ids(), 0.1, self.states)
+            cache = self._cache
             for id, doc in found.items():
+                self._expected.pop(id, None)
                 waiters = self._pending.pop(id, None)
                 if waiters:
-                    self._found[id] = doc
-                    for event in waiters:
-                        event.set()
+                    for waiter in waiters:
+                        waiter.doc = doc
+                        waiter.event.set()
+                else:
+                    cache[id] = doc
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
 
 
 class Runtime:
@@ -275,12 +325,15 @@ class Bridge:
             atexit.register(self.close)
             return self._portal, runtime
 
-    def submit(self, broker_url: str, message: Any) -> None:
+    def submit(self, broker_url: str, message: Any, expect_result: bool = True) -> None:
         """Hand an encoded message to the publisher of the calling context."""
         runtime = self.here()
         if runtime is None:
             _, runtime = self._start_background()
         assert runtime.publisher is not None
+        assert runtime.results is not None
+        if expect_result:
+            runtime.results.expect(message.id)
         runtime.publisher.submit(broker_url, message)
 
     def call_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:

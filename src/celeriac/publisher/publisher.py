@@ -41,6 +41,7 @@ class Publisher:
         self._wakeup = Notifier()
         self._progress = Notifier()
         self._sending = 0
+        self._idle = False
         self._closing = False
         self.published = 0
         self.failures = 0
@@ -53,7 +54,8 @@ class Publisher:
         if broker_url not in self.brokers:
             raise KeyError(f"no broker {broker_url!r} in this publisher")
         self._backlog.append((broker_url, message))
-        if len(self._backlog) == 1 or self._sending == 0:
+        if self._idle:
+            self._idle = False
             self._wakeup.notify()
 
     async def flush(self, timeout: float | None = None) -> bool:
@@ -91,7 +93,10 @@ class Publisher:
             if not self._backlog:
                 if self._closing:
                     return
-                await self._wakeup.wait(version)
+                self._idle = True
+                if not self._backlog:  # submitted before _idle was seen: no wake-up coming
+                    await self._wakeup.wait(version)
+                self._idle = False
                 continue
             batch = self._take_batch()
             self._sending = sum(len(m) for m in batch.values())

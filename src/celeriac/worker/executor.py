@@ -86,7 +86,7 @@ class Executor:
         worker_name: str,
         is_revoked: Callable[[str], bool],
         track_started: bool = True,
-        tick: float = 0.05,
+        tick: float = 0.01,
     ) -> None:
         self.kind = kind
         self.budget = budget

@@ -62,10 +62,12 @@ class ResultPublisher:
         self._wakeup = Notifier()
         self._idle = Notifier()
         self._busy = False
+        self._waiting = False
         self._closing = False
 
     def _kick(self) -> None:
-        if not self._busy:
+        if self._waiting:
+            self._waiting = False
             self._wakeup.notify()
 
     def started(self, id: str, document: Callable[[], StoredDocument]) -> None:
@@ -154,7 +156,10 @@ class ResultPublisher:
                 self._idle.notify()
                 if self._closing:
                     return
-                await self._wakeup.wait(version)
+                self._waiting = True
+                if not self._batch:
+                    await self._wakeup.wait(version)
+                self._waiting = False
                 continue
             batch, self._batch = self._batch, _Batch()
             self._busy = True
