@@ -1,0 +1,1 @@
+"""celeriac's benchmarks: ``python bench/run.py`` (see bench/README.md)."""
