@@ -32,6 +32,7 @@ import anyio.from_thread
 
 from celeriac._notify import Notifier
 from celeriac.abc import Broker, DataSink, StoredDocument
+from celeriac.actors import ActorSystem, Backoff, ChildSpec, ServiceActor, Supervisor, actor_system
 from celeriac.brokers import open_broker
 from celeriac.errors import ResultTimeout
 from celeriac.publisher import Publisher
@@ -144,8 +145,11 @@ class ResultWaiter:
             ids.extend(i for i in itertools.islice(expected, room) if i not in self._pending)
         return ids
 
-    async def run(self) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Resolve pending waits, oldest first, reading ahead in the same round trip."""
+        task_status.started()
         while True:
             version = self._changed.version
             if not self._pending:
@@ -177,6 +181,8 @@ class Runtime:
         self.results: ResultWaiter | None = None
         self.loop: object | None = None
         self._cancel: anyio.CancelScope | None = None
+        self.system: ActorSystem | None = None
+        self.flush_timeout = 10.0
 
     @property
     def broker(self) -> Broker:
@@ -220,27 +226,40 @@ class Runtime:
         self.loop = loop_key()
         await self.open()
         try:
-            self.publisher = Publisher(self.brokers)
-            self.results = ResultWaiter(self.sink, TERMINAL)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.publisher.run)
-                tg.start_soon(self.results.run)
-                self._cancel = tg.cancel_scope
-                try:
-                    yield self
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await self.stop()
+            publisher = self.publisher = Publisher(self.brokers)
+            results = self.results = ResultWaiter(self.sink, TERMINAL)
+            # Both loops are actors: a crash restarts the loop, and the backlog and
+            # pending waits (kept in the objects) carry over.
+            root = Supervisor(
+                [
+                    ChildSpec(
+                        "publisher",
+                        lambda: ServiceActor(publisher.run, self._flush),
+                        shutdown_timeout=self.flush_timeout + 5,
+                    ),
+                    ChildSpec("results", lambda: ServiceActor(results.run)),
+                ],
+                max_restarts=10,
+                period=60.0,
+                backoff=Backoff(0.05, 5.0),
+            )
+            async with actor_system(root, name="runtime") as self.system:
+                yield self
         finally:
-            await self.close()
+            with anyio.CancelScope(shield=True):
+                await self.close()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run until cancelled (see :meth:`running`)."""
-        async with self.running():
-            task_status.started()
-            await anyio.sleep_forever()
+        """Run until :meth:`stop` or cancellation (see :meth:`running`)."""
+        with anyio.CancelScope() as self._cancel:
+            async with self.running():
+                task_status.started()
+                await anyio.sleep_forever()
+
+    async def _flush(self) -> None:
+        await self.stop(self.flush_timeout)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush the publisher (at most ``timeout`` seconds), then stop :meth:`run`."""

@@ -12,6 +12,7 @@ DOCUMENTED = {
     "Backoff",
     "ChildSpec",
     "Restart",
+    "ServiceActor",
     "StartChild",
     "State",
     "StopChild",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._actor import Actor
 from ._ref import ActorRef
+from ._service import ServiceActor
 from ._spec import Backoff, ChildSpec, Restart, StartChild, StopChild, Strategy, boot_order
 from ._state import ActorStatus, State
 from ._supervisor import Supervisor
@@ -24,6 +25,7 @@ __all__ = [
     "Backoff",
     "ChildSpec",
     "Restart",
+    "ServiceActor",
     "StartChild",
     "State",
     "StopChild",

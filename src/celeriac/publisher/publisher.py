@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping
 
 import anyio
+import anyio.abc
 
 from celeriac._notify import Notifier
 from celeriac.abc import Broker, Outgoing
@@ -85,8 +86,12 @@ class Publisher:
         items = [(url, m) for url, messages in batch.items() for m in messages]
         self._backlog.extendleft(reversed(items))
 
-    async def run(self) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Publish until closed and drained. Run it in a task group."""
+        self._closing = False
+        task_status.started()
         delay = self.backoff[0]
         while True:
             version = self._wakeup.version

@@ -26,14 +26,21 @@ import anyio
 import anyio.abc
 import sniffio
 
-from celeriac.actors import ActorSystem, Backoff, ChildSpec, Supervisor, actor_system
+from celeriac.actors import (
+    ActorSystem,
+    Backoff,
+    ChildSpec,
+    ServiceActor,
+    Supervisor,
+    actor_system,
+)
 from celeriac.runtime import Runtime
 from celeriac.worker.budget import Budget, BudgetStrategy
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.control import Control, Revocations
 from celeriac.worker.executor import Executor
 from celeriac.worker.job import RecentIds
-from celeriac.worker.services import ConnectionsActor, ServiceActor
+from celeriac.worker.services import ConnectionsActor
 from celeriac.worker.settle import ResultPublisher
 
 if TYPE_CHECKING:
