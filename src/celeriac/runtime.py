@@ -23,7 +23,7 @@ import logging
 import sys
 import threading
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -182,6 +182,7 @@ class Runtime:
         self.loop: object | None = None
         self._cancel: anyio.CancelScope | None = None
         self.system: ActorSystem | None = None
+        self._background_calls: anyio.abc.TaskGroup | None = None
         self.flush_timeout = 10.0
 
     @property
@@ -243,7 +244,10 @@ class Runtime:
                 period=60.0,
                 backoff=Backoff(0.05, 5.0),
             )
-            async with actor_system(root, name="runtime") as self.system:
+            async with (
+                actor_system(root, name="runtime") as self.system,
+                anyio.create_task_group() as self._background_calls,
+            ):
                 yield self
         finally:
             with anyio.CancelScope(shield=True):
@@ -364,6 +368,18 @@ class Bridge:
             )
         portal, runtime = self._start_background()
         return portal.call(fn, runtime, *args)
+
+    def call_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``fn(runtime, *args)``: blocking in sync code, in the background in a loop."""
+        if loop_key() is None:
+            self.call_sync(fn, *args)
+            return
+        runtime = self.here()
+        if runtime is not None and runtime._background_calls is not None:
+            runtime._background_calls.start_soon(fn, runtime, *args)
+            return
+        portal, background = self._start_background()
+        portal.start_task_soon(fn, background, *args)
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``fn(runtime, *args)`` from async code, in this loop's runtime if any."""

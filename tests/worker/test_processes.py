@@ -159,3 +159,38 @@ def test_worker_stops_cleanly_on_sigint(sqlite_url: str) -> None:
     time.sleep(1.5)
     worker.send_signal(signal.SIGINT)
     assert stop(worker) == 0
+
+
+def test_many_producers_and_workers_share_one_sqlite_file(tmp_path: Path) -> None:
+    """Two producer and two worker processes: every task runs, none twice, none lost."""
+    broker = f"sqlite:///{tmp_path / 'q.db'}"
+    effects = tmp_path / "effects"
+    script = tmp_path / "producer.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from tests.apps.basic import make_app
+            app = make_app(sys.argv[1])
+            name, path, count = sys.argv[2], sys.argv[3], int(sys.argv[4])
+            results = [app.send_task("basic.record", (path, f"{name}-{i}")) for i in range(count)]
+            assert [r.get(timeout=60) for r in results] == [f"{name}-{i}" for i in range(count)]
+            print("ok")
+            """
+        )
+    )
+    per_producer = 1000
+    with worker_process(broker, "-n", "w1"), worker_process(broker, "-n", "w2"):
+        producers = [
+            subprocess.Popen(
+                [sys.executable, str(script), broker, name, str(effects), str(per_producer)],
+                stdout=subprocess.PIPE,
+            )
+            for name in ("p1", "p2")
+        ]
+        outputs = [p.communicate(timeout=120)[0].decode().strip() for p in producers]
+    assert outputs == ["ok", "ok"]
+    tags = lines(effects)
+    expected = {f"{p}-{i}" for p in ("p1", "p2") for i in range(per_producer)}
+    assert set(tags) == expected, "lost: " + ", ".join(sorted(expected - set(tags))[:10])
+    assert len(tags) == len(expected), "some task ran twice"

@@ -128,7 +128,7 @@ async def test_revoking_a_running_task_cancels_it(
         with anyio.fail_after(5):
             while not lines(log):
                 await anyio.sleep(0.02)
-        await result.revoke_async()
+        result.revoke()  # inside a loop: does not block, sends in the background
         with anyio.fail_after(3):
             with pytest.raises(TaskRevoked):
                 await result.get_async()
@@ -187,3 +187,15 @@ def test_sync_callers_use_the_same_api(sqlite_url: str) -> None:
         assert result.get(timeout=5) == 20
         assert result.state == "SUCCESS"
     assert app.broker_url == sqlite_url  # testing() restored the real broker
+
+
+async def test_testing_mode_from_async_code(sqlite_url: str) -> None:
+    from tests.apps.basic import make_app
+
+    app = make_app(sqlite_url)
+    with app.testing():
+        assert await app.send_task("basic.add", (20, 22)) == 42
+        assert await app.send_task("basic.mul", (6, 7)).get_async(timeout=5) == 42
+        result = app.send_task("basic.add", (1, 1))
+        assert await result == 2
+        assert await result.get_state() == "SUCCESS"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -47,9 +48,10 @@ async def _watch_signals(worker: Worker, scope: anyio.CancelScope, early: list[i
             log.warning("%s again: stopping now; running tasks go back to the broker", name)
             worker.request_stop(grace=0)
         else:
-            log.warning("%s a third time: cancelling everything", name)
-            scope.cancel()
-            return False
+            # Graceful steps are shielded; this is the way out that does not wait.
+            # Unsettled messages are redelivered when their leases expire.
+            log.warning("%s a third time: exiting now", name)
+            os._exit(130)
         return True
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

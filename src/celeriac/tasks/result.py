@@ -73,8 +73,13 @@ class Result(Generic[R]):
         return self.state == "FAILURE"
 
     def revoke(self) -> None:
-        """Cancel the task: if not started it never runs; if running it is cancelled."""
-        self.app._bridge.call_sync(self.app._revoke, [self.id])
+        """Cancel the task: if not started it never runs; if running it is cancelled.
+
+        From sync code this returns once the revocation is recorded; inside an
+        event loop it does not block: the revocation is sent in the background
+        (``await result.revoke_async()`` to wait for it).
+        """
+        self.app._bridge.call_soon(self.app._revoke, [self.id])
 
     async def revoke_async(self) -> None:
         """:meth:`revoke` for async code."""

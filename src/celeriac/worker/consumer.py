@@ -160,7 +160,9 @@ class Consumer:
                 reason = f"no task named {envelope.name!r} here"
                 outcome = Outcome(
                     state=FAILURE,
-                    error=ErrorInfo(type="UnknownTask", module="celeriac.errors", message=reason),
+                    error=ErrorInfo(
+                        type="UnknownTask", module="celeriac.errors", message=reason, args=[reason]
+                    ),
                 )
                 # The caller learns at once; the message itself waits in the dead letters.
                 doc = StoredDocument(

@@ -79,6 +79,7 @@ class Control:
         self.loop = loop
         self.started_at = time.time()
         self._cursor: Any = None
+        self._leaving = False
 
     def info(self) -> WorkerInfo:
         """What this worker reports about itself now."""
@@ -124,7 +125,7 @@ class Control:
                     log.warning("could not extend %d lease(s): %r", len(held), exc)
 
     async def _heartbeats(self) -> None:
-        while True:
+        while not self._leaving:
             try:
                 await self.broker.heartbeat(self.info(), ttl=self.heartbeat_every * 5)
             except Exception as exc:
@@ -145,13 +146,15 @@ class Control:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Report this worker alive until cancelled (the first report before ready)."""
+        self._leaving = False
         await self.broker.heartbeat(self.info(), ttl=self.heartbeat_every * 5)
         task_status.started()
         await anyio.sleep(self.heartbeat_every)
         await self._heartbeats()
 
     async def goodbye(self) -> None:
-        """Remove this worker's heartbeat (clean shutdown)."""
+        """Stop heartbeats and remove this worker's heartbeat (clean shutdown)."""
+        self._leaving = True
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             try:
                 await self.broker.forget_worker(self.name)

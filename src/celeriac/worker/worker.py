@@ -7,11 +7,12 @@ Pipeline::
                           ResultPublisher <---+  (store result, then ack)
 
 plus :class:`~celeriac.worker.control.Control` (revocations, leases,
-heartbeats). The parts are boot steps started in dependency order and stopped
-in reverse: connections, result publisher, executors, control, consumer. So on
-shutdown the consumer stops fetching first, executors give running tasks a
-grace period and return the rest to the broker, the result publisher settles
-everything, and only then do connections close.
+heartbeats). The parts are boot steps of an actor supervisor, started in
+dependency order and stopped in reverse: connections, results, leases,
+executors, consumer, and the optional heartbeats. So on shutdown the consumer
+stops fetching first, the executors give running tasks a grace period (leases
+are still extended meanwhile) and return the rest to the broker, the result
+publisher settles everything, and only then do connections close.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ class Worker:
         self.system: ActorSystem | None = None
         self._built: _Parts | None = None
         self._loop = "asyncio"
-        self._stop = anyio.Event()
-        self._stopped = anyio.Event()
+        # Events belong to the loop that runs the worker: made in run(), not here.
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+        self._stop_requested = False
 
     # -- control ------------------------------------------------------------------
 
@@ -121,10 +124,14 @@ class Worker:
             self.grace = grace
             for executor in self.executors.values():
                 executor.hurry(grace)
-        self._stop.set()
+        self._stop_requested = True
+        if self._stop is not None:
+            self._stop.set()
 
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has finished its shutdown."""
+        if self._stopped is None:
+            raise RuntimeError("the worker has not been started")
         await self._stopped.wait()
 
     def stats(self) -> dict[str, Any]:
@@ -157,6 +164,10 @@ class Worker:
         The parts run as an actor tree: a supervisor whose children are the boot
         steps below, started in dependency order and stopped in reverse.
         """
+        stop = self._stop = anyio.Event()
+        stopped = self._stopped = anyio.Event()
+        if self._stop_requested:
+            stop.set()
         app = self.app
         self.runtime = Runtime(app)
         self._loop = sniffio.current_async_library()
@@ -216,14 +227,14 @@ class Worker:
                     ",".join(sorted(app.tasks)),
                 )
                 task_status.started()
-                await self._stop.wait()
+                await stop.wait()
                 log.info(
                     "worker %s stopping: no new tasks; %ss grace for running ones",
                     self.name,
                     self.grace,
                 )
         finally:
-            self._stopped.set()
+            stopped.set()
             log.info("worker %s stopped (%s)", self.name, self.stats())
 
     def _runtime(self) -> Runtime:
