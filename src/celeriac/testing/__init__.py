@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BrokerConformance", "SinkConformance"]
+__all__ = ["BrokerConformance", "ServerRestartConformance", "SinkConformance"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ServerRestartConformance":
+        from celeriac.testing import restart
+
+        return restart.ServerRestartConformance
     if name in __all__:
         from celeriac.testing import conformance
 
