@@ -408,7 +408,8 @@ class App:
     async def _revoke(self, runtime: Runtime, ids: Sequence[str]) -> None:
         from celeriac.tasks.outcome import document_for
 
-        await runtime.broker.revoke(list(ids), self.settings.revoke_ttl)
+        for broker in runtime.brokers.values():  # workers read revocations on every broker
+            await broker.revoke(list(ids), self.settings.revoke_ttl)
         docs = []
         for id in ids:
             outcome = Outcome(

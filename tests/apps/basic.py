@@ -88,7 +88,7 @@ def unserializable() -> object:
     return object()
 
 
-def make_app(broker: str | None = None, **settings: object) -> App:
+def make_app(broker: str | list[str] | None = None, **settings: object) -> App:
     """The app, with every task registered under ``basic.<name>``."""
     app = App("basic", broker=broker, **settings)
     for fn in (add, mul, pid, sleep, sleep_sync, record, decline, unbuildable, unserializable):

@@ -199,3 +199,23 @@ async def test_testing_mode_from_async_code(sqlite_url: str) -> None:
         result = app.send_task("basic.add", (1, 1))
         assert await result == 2
         assert await result.get_state() == "SUCCESS"
+
+
+async def test_one_app_on_two_brokers_routes_and_consumes_each(tmp_path: Path) -> None:
+    from tests.apps.basic import make_app
+
+    main, other = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    app = make_app([main, other], routes={"basic.mul": f"{other}#numbers"})
+    worker = app.worker(grace=1, heartbeat=0.2)
+    assert worker.queue_map() == {main: ["default", "prio"], other: ["numbers"]}
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        async with app:
+            assert await app.send_task("basic.mul", (6, 7)) == 42  # through b.db
+            assert await app.send_task("basic.add", (1, 2)) == 3  # through a.db
+            runtime = app._bridge.here()
+            assert runtime is not None
+            stats = await runtime.brokers[other].stats()
+            assert "numbers" in stats and "numbers" not in await runtime.brokers[main].stats()
+        worker.request_stop()
+        await worker.wait_stopped()

@@ -174,7 +174,7 @@ class Consumer:
                 # Early (the broker's clock or row was changed): back until it is due.
                 settle.release(delivery, envelope.eta - now)
                 continue
-            job = Job(delivery, envelope, task)
+            job = Job(delivery, envelope, task, settle)
             if self.is_revoked(id) or (envelope.expires is not None and envelope.expires < now):
                 why = "revoked" if self.is_revoked(id) else "expired"
                 outcome = Outcome(

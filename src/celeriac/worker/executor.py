@@ -42,7 +42,6 @@ from celeriac.worker.boxes import BoxPool
 from celeriac.worker.budget import BudgetStrategy
 from celeriac.worker.job import Job
 from celeriac.worker.jobqueue import JobQueue
-from celeriac.worker.settle import ResultPublisher
 
 if TYPE_CHECKING:
     from celeriac.tasks.task import Kind
@@ -80,7 +79,6 @@ class Executor:
         self,
         kind: Kind,
         budget: BudgetStrategy,
-        settle: ResultPublisher,
         codec: Codec,
         *,
         worker_name: str,
@@ -90,7 +88,6 @@ class Executor:
     ) -> None:
         self.kind = kind
         self.budget = budget
-        self.settle = settle
         self.codec = codec
         self.worker_name = worker_name
         self.is_revoked = is_revoked
@@ -175,7 +172,7 @@ class Executor:
         self.running[job.id] = job
         job.scope = scope
         if self.track_started and not env.ignore_result:
-            self.settle.started(job.id, functools.partial(self._started_document, env))
+            job.settle.started(job.id, functools.partial(self._started_document, env))
         started = time.perf_counter()
         limit = job.task.options.time_limit
         try:
@@ -192,7 +189,7 @@ class Executor:
                     job, Outcome(state=REVOKED, error=_revoked_info("revoked while running"))
                 )
             else:  # released at shutdown, or the worker itself is being cancelled
-                self.settle.release(job.delivery)
+                job.settle.release(job.delivery)
             raise
         except _RemoteError as exc:
             self._finish(job, Outcome(state=FAILURE, error=exc.info, worker=self.worker_name))
@@ -232,7 +229,7 @@ class Executor:
             if job.envelope.ignore_result and outcome.state == SUCCESS
             else encode_outcome(self.codec, job, outcome)
         )
-        self.settle.finished(job.delivery, doc, job.task.options.sinks)
+        job.settle.finished(job.delivery, doc, job.task.options.sinks)
 
     # -- runners and the budget --------------------------------------------------
 
@@ -304,7 +301,7 @@ class Executor:
         """Release queued jobs now; give running ones ``grace`` seconds, then release them."""
         self._stopping = True
         for job in self.queue.drain():
-            self.settle.release(job.delivery)
+            job.settle.release(job.delivery)
         self.queue.close()
         with anyio.move_on_after(grace) as self._grace_scope:
             while self.running:

@@ -12,19 +12,28 @@ from celeriac.messages import Envelope
 
 if TYPE_CHECKING:
     from celeriac.tasks.task import Task
+    from celeriac.worker.settle import ResultPublisher
 
 __all__ = ["Job", "RecentIds"]
 
 
 class Job:
-    """A decoded delivery, the task that runs it, and its cancel scope once running."""
+    """A decoded delivery, the task that runs it, its broker's result publisher, and its
+    cancel scope once running."""
 
-    __slots__ = ("delivery", "envelope", "released", "revoked", "scope", "task")
+    __slots__ = ("delivery", "envelope", "released", "revoked", "scope", "settle", "task")
 
-    def __init__(self, delivery: Delivery, envelope: Envelope, task: Task[..., object]) -> None:
+    def __init__(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: Task[..., object],
+        settle: ResultPublisher,
+    ) -> None:
         self.delivery = delivery
         self.envelope = envelope
         self.task = task
+        self.settle = settle  # the result publisher of the broker this came from
         self.scope: anyio.CancelScope | None = None
         self.revoked = False
         self.released = False

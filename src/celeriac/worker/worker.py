@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -102,7 +102,6 @@ class Worker:
         self.recent = RecentIds(app.settings.dedup_window)
         self.revoked = Revocations()
         self.executors: dict[str, Executor] = {}
-        self.consumer: Consumer | None = None
         self.runtime: Runtime | None = None
         self.system: ActorSystem | None = None
         self._built: _Parts | None = None
@@ -139,14 +138,15 @@ class Worker:
         processed = sum(e.processed for e in self.executors.values())
         failed = sum(e.failed for e in self.executors.values())
         running = sum(len(e.running) for e in self.executors.values())
+        consumers = [b.consumer for b in self._built.brokers] if self._built else []
         return {
             "processed": processed,
             "failed": failed,
             "running": running,
-            "held": len(self.consumer.held) if self.consumer else 0,
+            "held": sum(len(c.held) for c in consumers),
             "executors": {k: e.load for k, e in self.executors.items()},
-            "duplicates": self.consumer.duplicates if self.consumer else 0,
-            "rejected": self.consumer.rejected if self.consumer else 0,
+            "duplicates": sum(c.duplicates for c in consumers),
+            "rejected": sum(c.rejected for c in consumers),
         }
 
     def _cancel(self, id: str) -> None:
@@ -182,13 +182,13 @@ class Worker:
             ),
             ChildSpec(
                 "results",
-                lambda: ServiceActor(self._parts().settle.run, self._stop_results),
+                lambda: ServiceActor(self._run_results, self._stop_results),
                 depends_on=("connections",),
                 shutdown_timeout=self.grace + 30.0,
             ),
             ChildSpec(
                 "leases",
-                lambda: ServiceActor(self._parts().control.run),
+                lambda: ServiceActor(self._run_leases),
                 depends_on=("connections",),
             ),
             ChildSpec(
@@ -199,7 +199,7 @@ class Worker:
             ),
             ChildSpec(
                 "consumer",
-                lambda: ServiceActor(self._parts().consumer.run, self._stop_consumer),
+                lambda: ServiceActor(self._run_consumers, self._stop_consumers),
                 depends_on=("executors",),
                 shutdown_timeout=10.0,
             ),
@@ -207,7 +207,8 @@ class Worker:
             ChildSpec(
                 "heartbeats",
                 lambda: ServiceActor(
-                    self._parts().control.run_heartbeats, self._parts().control.goodbye
+                    self._parts().default.control.run_heartbeats,
+                    self._parts().default.control.goodbye,
                 ),
                 depends_on=("connections",),
                 mandatory=False,
@@ -250,32 +251,88 @@ class Worker:
     async def _run_executors(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        async with anyio.create_task_group() as tg:
-            for executor in self._parts().executors.values():
-                await tg.start(executor.run)
-            task_status.started()
+        await _run_all([e.run for e in self._parts().executors.values()], task_status)
 
     async def _stop_executors(self) -> None:
         async with anyio.create_task_group() as tg:
             for executor in self._parts().executors.values():
                 tg.start_soon(executor.stop, self.grace)
 
-    async def _stop_results(self) -> None:
-        settle = self._parts().settle
-        with anyio.move_on_after(max(5.0, self.grace)):
-            await settle.flush()
-        settle.close()
+    async def _run_results(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await _run_all([b.settle.run for b in self._parts().brokers], task_status)
 
-    async def _stop_consumer(self) -> None:
-        consumer = self._parts().consumer
-        consumer.stop()
-        with anyio.move_on_after(max(5.0, consumer.fetch_timeout * 10)):
-            await consumer.wait_done()
+    async def _stop_results(self) -> None:
+        async def stop(settle: ResultPublisher) -> None:
+            with anyio.move_on_after(max(5.0, self.grace)):
+                await settle.flush()
+            settle.close()
+
+        async with anyio.create_task_group() as tg:
+            for part in self._parts().brokers:
+                tg.start_soon(stop, part.settle)
+
+    async def _run_leases(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await _run_all([b.control.run for b in self._parts().brokers], task_status)
+
+    async def _run_consumers(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await _run_all([b.consumer.run for b in self._parts().brokers], task_status)
+
+    async def _stop_consumers(self) -> None:
+        async def stop(consumer: Consumer) -> None:
+            consumer.stop()
+            with anyio.move_on_after(max(5.0, consumer.fetch_timeout * 10)):
+                await consumer.wait_done()
+
+        async with anyio.create_task_group() as tg:
+            for part in self._parts().brokers:
+                tg.start_soon(stop, part.consumer)
+
+    def queue_map(self) -> dict[str, list[str]]:
+        """Which queues this worker consumes on which broker (by URL).
+
+        A queue lives on the broker its tasks are routed to (``routes`` entries of
+        the form ``"url#queue"``); every other queue lives on the default broker.
+        """
+        app = self.app
+        homes: dict[str, str] = {}
+        for task in app.tasks.values():
+            url, _ = app._route(task.name, None)
+            if url != app.broker_url:
+                homes[task.options.queue] = url
+        mapping: dict[str, list[str]] = {}
+        for queue in self.queues:
+            mapping.setdefault(homes.get(queue, app.broker_url), []).append(queue)
+        return mapping
 
     def _build(self, runtime: Runtime) -> _Parts:
         app = self.app
-        broker = runtime.broker
-        lease = float(getattr(broker, "visibility_timeout", 30.0))
+        is_revoked = self.revoked.__contains__
+        for kind, budget in self.budgets.items():
+            self.executors[kind] = Executor(
+                kind,
+                budget,
+                app.codec,
+                worker_name=self.name,
+                is_revoked=is_revoked,
+                track_started=app.settings.track_started,
+            )
+        mapping = self.queue_map()
+        brokers = []
+        # Revocations are read on every broker the app knows (a revoke is recorded on
+        # each), leases kept where the deliveries came from.
+        for url in app.broker_urls:
+            brokers.append(self._broker_parts(runtime, url, mapping.get(url, [])))
+        return _Parts(dict(self.executors), brokers)
+
+    def _broker_parts(self, runtime: Runtime, url: str, queues: list[str]) -> _BrokerParts:
+        app = self.app
+        broker = runtime.brokers[url]
         consumer_ref: list[Consumer] = []
         settle = ResultPublisher(
             broker,
@@ -283,26 +340,15 @@ class Worker:
             result_ttl=app.settings.result_ttl,
             on_settled=lambda ds: consumer_ref[0].settled(ds),
         )
-        is_revoked = self.revoked.__contains__
-        for kind, budget in self.budgets.items():
-            self.executors[kind] = Executor(
-                kind,
-                budget,
-                settle,
-                app.codec,
-                worker_name=self.name,
-                is_revoked=is_revoked,
-                track_started=app.settings.track_started,
-            )
-        consumer = self.consumer = Consumer(
+        consumer = Consumer(
             broker,
-            self.queues,
+            queues,
             app.tasks,
             self.executors,
             settle,
             app.codec,
             recent=self.recent,
-            is_revoked=is_revoked,
+            is_revoked=self.revoked.__contains__,
             prefetch=self.prefetch,
         )
         consumer_ref.append(consumer)
@@ -314,24 +360,45 @@ class Worker:
             cancel=self._cancel,
             load=self.stats,
             revoked=self.revoked,
-            lease=lease,
+            lease=float(getattr(broker, "visibility_timeout", 30.0)),
             heartbeat=self.heartbeat,
             loop=self._loop,
         )
-        return _Parts(settle, dict(self.executors), consumer, control)
+        return _BrokerParts(url, settle, consumer, control)
+
+
+async def _run_all(
+    runs: list[Callable[..., Coroutine[Any, Any, None]]], task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    """Run services side by side; ready once all of them are."""
+    async with anyio.create_task_group() as tg:
+        for run in runs:
+            await tg.start(run)
+        task_status.started()
+
+
+class _BrokerParts:
+    """What the worker runs per broker: consumer, result publisher, leases."""
+
+    __slots__ = ("consumer", "control", "settle", "url")
+
+    def __init__(
+        self, url: str, settle: ResultPublisher, consumer: Consumer, control: Control
+    ) -> None:
+        self.url = url
+        self.settle = settle
+        self.consumer = consumer
+        self.control = control
 
 
 class _Parts:
-    __slots__ = ("consumer", "control", "executors", "settle")
+    __slots__ = ("brokers", "executors")
 
-    def __init__(
-        self,
-        settle: ResultPublisher,
-        executors: dict[str, Executor],
-        consumer: Consumer,
-        control: Control,
-    ) -> None:
-        self.settle = settle
+    def __init__(self, executors: dict[str, Executor], brokers: list[_BrokerParts]) -> None:
         self.executors = executors
-        self.consumer = consumer
-        self.control = control
+        self.brokers = brokers
+
+    @property
+    def default(self) -> _BrokerParts:
+        """The parts of the default broker (heartbeats go there)."""
+        return self.brokers[0]
