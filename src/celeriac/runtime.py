@@ -34,7 +34,7 @@ from celeriac._notify import Notifier
 from celeriac.abc import Broker, DataSink, StoredDocument
 from celeriac.actors import ActorSystem, Backoff, ChildSpec, ServiceActor, Supervisor, actor_system
 from celeriac.brokers import open_broker
-from celeriac.errors import ResultTimeout
+from celeriac.errors import BrokerError, ResultTimeout
 from celeriac.publisher import Publisher
 from celeriac.sinks import open_sink
 
@@ -149,13 +149,21 @@ class ResultWaiter:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Resolve pending waits, oldest first, reading ahead in the same round trip."""
+        backoff = 0.1
         task_status.started()
         while True:
             version = self._changed.version
             if not self._pending:
                 await self._changed.wait(version)
                 continue
-            found = await self.sink.wait(self._batch_ids(), 0.1, self.states)
+            try:
+                found = await self.sink.wait(self._batch_ids(), 0.1, self.states)
+            except BrokerError as exc:  # the sink is away: waits go on, and so do we
+                log.warning("reading results failed, retrying in %.1fs: %s", backoff, exc)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
             cache = self._cache
             for id, doc in found.items():
                 self._expected.pop(id, None)

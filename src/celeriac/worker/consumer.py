@@ -25,7 +25,7 @@ import anyio
 
 from celeriac._notify import Notifier
 from celeriac.abc import Broker, Delivery, StoredDocument
-from celeriac.errors import ProtocolError
+from celeriac.errors import BrokerError, ProtocolError
 from celeriac.messages import Codec
 from celeriac.tasks.outcome import FAILURE, REVOKED, ErrorInfo, Outcome, document_for
 from celeriac.worker.executor import Executor, encode_outcome
@@ -96,6 +96,7 @@ class Consumer:
         """Fetch and dispatch until :meth:`stop`."""
         self._stopping = False
         self._done = anyio.Event()
+        backoff = 0.1
         task_status.started()
         try:
             while not self._stopping:
@@ -106,10 +107,28 @@ class Consumer:
                     continue
                 # Shielded (and bounded by the fetch timeout): deliveries fetched are
                 # always dispatched, never dropped by a cancellation in between.
+                failure: BrokerError | None = None
                 with anyio.CancelScope(shield=True):
-                    deliveries = await self.broker.fetch(self.queues, room, self.fetch_timeout)
+                    try:
+                        deliveries = await self.broker.fetch(self.queues, room, self.fetch_timeout)
+                    except BrokerError as exc:
+                        deliveries = []
+                        failure = exc
                     if deliveries:
                         self.dispatch(deliveries)
+                if failure is not None:
+                    # The broker is away (restarting, say): wait and try again, for as
+                    # long as it takes; what we hold keeps being settled meanwhile.
+                    log.warning(
+                        "fetch from %s failed, retrying in %.1fs: %s",
+                        self.broker.url,
+                        backoff,
+                        failure,
+                    )
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    backoff = 0.1
         finally:
             self._done.set()
 
