@@ -1,0 +1,70 @@
+"""The API contract's scenarios with a real worker on every broker, from asyncio and trio."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from tests.apps.basic import PaymentDeclined, make_app
+from tests.worker.brokers import FACTORIES
+from tests.worker.helpers import lines, worker_process
+
+from celeriac import App, TaskRevoked
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with FACTORIES[request.param](tmp_path) as url:
+        yield url
+
+
+async def test_every_kind_runs_and_returns_its_result(broker_url: str) -> None:
+    app = make_app(broker_url)
+    with worker_process(broker_url) as worker:
+        async with app:
+            with anyio.fail_after(30):
+                assert await app.send_task("basic.add", (1, 2)) == 3
+                assert await app.send_task("basic.mul", (6, 7)) == 42
+                assert await app.send_task("basic.pid") == worker.pid
+                assert await app.send_task("basic.boxed_pid") not in (worker.pid, os.getpid())
+                with pytest.raises(PaymentDeclined):
+                    await app.send_task("basic.decline", (5,))
+                results = [app.send_task("basic.add", (i, i)) for i in range(200)]
+                assert [await r for r in results] == [2 * i for i in range(200)]
+
+
+async def test_countdown_and_revoke(broker_url: str, tmp_path: Path) -> None:
+    app = make_app(broker_url)
+    log = tmp_path / "log"
+    with worker_process(broker_url):
+        async with app:
+            with anyio.fail_after(30):
+                started = anyio.current_time()
+                assert await app.send_task("basic.add", (2, 2), countdown=1.0) == 4
+                assert anyio.current_time() - started >= 0.95
+                never = app.send_task("basic.record", (str(log), "never"), countdown=1.0)
+                await never.revoke_async()
+                running = app.send_task("basic.sleep", (30, str(log), "long"))
+                while not any(line.startswith("start long") for line in lines(log)):
+                    await anyio.sleep(0.02)
+                await running.revoke_async()
+                with pytest.raises(TaskRevoked):
+                    await running
+                with pytest.raises(TaskRevoked):
+                    await never
+                await anyio.sleep(1.2)
+    assert "never" not in lines(log)
+
+
+def test_sync_caller(broker_url: str) -> None:
+    app: App = make_app(broker_url)
+    with worker_process(broker_url):
+        try:
+            assert app.send_task("basic.mul", (3, 3)).get(timeout=30) == 9
+        finally:
+            app.close()
