@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import logging
@@ -70,6 +71,21 @@ async def _run_program(app: App, program: Callable[..., Any]) -> Any:
     return await anyio.to_thread.run_sync(program, app)
 
 
+def _tune_gc() -> None:
+    """Collect less often in a process celeriac owns.
+
+    Everything imported so far (the app, its tasks, celeriac) lives as long as the
+    process: freezing it keeps the collector from walking it again and again, and a
+    larger young generation means fewer pauses under a high message rate. Cycles are
+    still collected. Only the CLI does this; an app used as a library in someone
+    else's process leaves that process's collector alone.
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(50_000, second, third)
+
+
 def run_worker(
     app: App,
     *,
@@ -104,6 +120,7 @@ def run_worker(
         signum: signal.signal(signum, lambda signum, frame: early.append(signum))
         for signum in (signal.SIGTERM, signal.SIGINT)
     }
+    _tune_gc()
     backend_options: dict[str, Any] = {}
     if loop == "asyncio":
         try:
