@@ -1,9 +1,9 @@
 """Data sink backends, resolved from a URL by one scheme registry.
 
 ``open_sink("sqlite:///celeriac.db", hub)`` makes a sink (not yet connected).
-Built-in schemes: ``memory://[name]`` and ``sqlite:///path.db``; ``redis://`` and
-``postgresql://`` are resolved here too, imported only when used. Third-party
-sinks register under the ``celeriac.sinks`` entry point group.
+Built-in schemes: ``memory://[name]`` and ``sqlite:///path.db``; ``redis://``,
+``nats://`` and ``postgresql://`` are resolved here too, imported only when used.
+Third-party sinks register under the ``celeriac.sinks`` entry point group.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _SINKS: SchemeRegistry[DataSink] = SchemeRegistry(
         "sqlite": Builtin("celeriac.sinks.sqlite", "SqliteSink"),
         "redis": Builtin("celeriac.sinks.redis", "RedisSink", "redis"),
         "rediss": Builtin("celeriac.sinks.redis", "RedisSink", "redis"),
+        "nats": Builtin("celeriac.sinks.nats", "NatsSink", "nats"),
         "postgresql": Builtin("celeriac.sinks.postgres", "PostgresSink", "postgres"),
         "postgres": Builtin("celeriac.sinks.postgres", "PostgresSink", "postgres"),
     },
