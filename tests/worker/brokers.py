@@ -90,8 +90,20 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     _in_thread(drop)
 
 
+@contextmanager
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    _need_module("nats")
+    require_service("NATS", "127.0.0.1", 4222)
+    from tests.brokers.test_nats import _drop_namespace
+
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    yield f"nats://127.0.0.1:4222/?namespace={namespace}"
+    _drop_namespace(namespace)
+
+
 FACTORIES: dict[str, Callable[[Path], Any]] = {
     "sqlite": sqlite_url,
     "redis": redis_url,
     "postgres": postgres_url,
+    "nats": nats_url,
 }
