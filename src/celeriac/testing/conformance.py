@@ -517,19 +517,21 @@ class BrokerConformance:
                 await broker.publish(sent[start : start + 500])
 
         async def consume(broker: Broker) -> None:
-            while len(seen) < total:
+            while not done.is_set():
                 got = await broker.fetch([queue], 100, 0.05)
                 seen.extend(d.id for d in got)
                 await broker.ack(got)
-            done.set()
+                if len(seen) >= total:
+                    done.set()
 
         async with anyio.create_task_group() as tg:
-            for _ in range(4):
-                broker = await tg.start(self._serve, broker_url, hub)
-                tg.start_soon(consume, broker)
-            tg.start_soon(produce, await tg.start(self._serve, broker_url, hub))
+            brokers = [await tg.start(self._serve, broker_url, hub) for _ in range(5)]
+            # Consumers and the producer finish before the brokers close.
             with anyio.fail_after(60):
-                await done.wait()
+                async with anyio.create_task_group() as work:
+                    for broker in brokers[:4]:
+                        work.start_soon(consume, broker)
+                    work.start_soon(produce, brokers[4])
             tg.cancel_scope.cancel()
         assert len(seen) == total
         assert set(seen) == {m.id for m in sent}
