@@ -102,6 +102,7 @@ class App:
         if routes is not None:
             overrides["routes"] = dict(routes)
         self.settings: Settings = load_settings(config, overrides)
+        self._check_default_sink()
         self.hub = Hub()
         self.tasks: dict[str, Task[..., Any]] = {}
         self.errors = ErrorTypes()
@@ -111,6 +112,19 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.broker_url}>"
+
+    def _check_default_sink(self) -> None:
+        if "default" in self.settings.sinks:
+            return
+        from celeriac.sinks import sink_schemes
+
+        scheme = self.broker_url.partition("://")[0]
+        if scheme not in sink_schemes():
+            raise ConfigurationError(
+                f"{scheme}:// brokers keep no results, so results need a sink of their own: "
+                f"App(..., sinks={{'default': 'redis://...'}}) (any sink URL: "
+                f"{', '.join(s + '://' for s in sink_schemes())})"
+            )
 
     def _make_codec(self) -> Codec:
         keys = {k: v.encode() for k, v in self.settings.signing_keys.items()}

@@ -220,3 +220,14 @@ async def test_one_app_on_two_brokers_routes_and_consumes_each(tmp_path: Path) -
             assert "numbers" not in await runtime.brokers[main].stats()
         worker.request_stop()
         await worker.wait_stopped()
+
+
+def test_a_broker_without_a_results_store_asks_for_a_sink() -> None:
+    from tests.apps.basic import make_app
+
+    from celeriac import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="need a sink of their own"):
+        make_app("amqp://guest:guest@127.0.0.1:5672/")
+    app = make_app("amqp://guest:guest@127.0.0.1:5672/", sinks={"default": "memory://"})
+    assert app.sink_urls["default"] == "memory://"
