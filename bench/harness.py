@@ -29,12 +29,14 @@ __all__ = [
     "ROOT",
     "Metric",
     "Outcome",
+    "PeerTarget",
     "RunContext",
     "Scenario",
     "Target",
     "ManagedProcess",
     "cpu_wait_seconds",
     "percentile",
+    "run_interleaved",
     "run_scenario",
 ]
 
@@ -53,6 +55,25 @@ class Target:
 
 
 @dataclass(frozen=True)
+class PeerTarget:
+    """A goal against the peers, for celeriac's row of a workload the peers also measure.
+
+    Higher is better: celeriac's median at least ``factor`` times the best peer's.
+    Lower is better: below ``factor`` times the best (lowest) peer's, so below every peer's.
+    """
+
+    factor: float = 1.0
+
+    def bound(self, best_peer: float) -> float:
+        return self.factor * best_peer
+
+    def met(self, value: float, best_peer: float, higher_is_better: bool) -> bool:
+        if higher_is_better:
+            return value >= self.bound(best_peer)
+        return value < self.bound(best_peer)
+
+
+@dataclass(frozen=True)
 class Metric:
     """One number a scenario reports."""
 
@@ -68,6 +89,8 @@ class Metric:
     informational: bool = False
     decimals: int | None = None
     """Fixed decimals in the table (default: see :func:`format_value`)."""
+    peer_target: PeerTarget | None = None
+    """A goal relative to the peers' results for the same workload (celeriac's rows)."""
 
     def format(self, value: float) -> str:
         return format_value(value) if self.decimals is None else f"{value:,.{self.decimals}f}"
@@ -85,6 +108,10 @@ class Scenario:
     repetition: Callable[[RunContext], Mapping[str, float]]
     timeout: float = 600.0
     """Seconds one repetition may take before it counts as failed."""
+    group: str | None = None
+    """Scenarios of the same group (one workload, measured by several systems) run
+    interleaved: run 1 of each, then run 2 of each..., so a change in the machine's
+    load during the bench falls on every system alike."""
 
 
 @dataclass
@@ -288,34 +315,57 @@ def format_value(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _announce(scenario: Scenario, runs: int, position: str) -> None:
+    say(f"{position} {scenario.name}: {scenario.title} ({runs} run{'s' * (runs != 1)})")
+
+
+def _repeat(outcome: Outcome, index: int, runs: int) -> None:
+    """Run repetition ``index`` of the outcome's scenario; a failure sets ``outcome.error``."""
+    scenario = outcome.scenario
+    began = time.perf_counter()
+    try:
+        with _run_context(scenario, index, runs) as ctx:
+            values = _with_timeout(scenario, ctx)
+        missing = [m.key for m in scenario.metrics if m.key not in values]
+        if missing:
+            raise RuntimeError(f"the repetition returned no value for {missing}")
+    except BaseException as exc:  # a failed scenario must not stop the others
+        if _interrupted(exc):
+            raise KeyboardInterrupt from exc
+        outcome.error = describe_error(exc)
+        outcome.seconds += time.perf_counter() - began
+        say(f"    run {index}/{runs}: FAILED after {time.perf_counter() - began:.1f}s")
+        say("      " + traceback.format_exc().rstrip().replace("\n", "\n      "))
+        return
+    for key, samples in outcome.samples.items():
+        samples.append(float(values[key]))
+    outcome.seconds += time.perf_counter() - began
+    took = time.perf_counter() - began
+    say(f"    run {index}/{runs}: {_describe(values, scenario)} ({took:.1f}s)")
+
+
 def run_scenario(scenario: Scenario, runs: int, position: str) -> Outcome:
     """Run ``scenario`` ``runs`` times; stop at the first failure (then it is FAILED)."""
-    say(f"{position} {scenario.name}: {scenario.title} ({runs} run{'s' * (runs != 1)})")
+    _announce(scenario, runs, position)
     outcome = Outcome(scenario, {m.key: [] for m in scenario.metrics})
-    started = time.perf_counter()
     for index in range(1, runs + 1):
-        began = time.perf_counter()
-        try:
-            with _run_context(scenario, index, runs) as ctx:
-                values = _with_timeout(scenario, ctx)
-            missing = [m.key for m in scenario.metrics if m.key not in values]
-            if missing:
-                raise RuntimeError(f"the repetition returned no value for {missing}")
-        except BaseException as exc:  # a failed scenario must not stop the others
-            if _interrupted(exc):
-                raise KeyboardInterrupt from exc
-            outcome.error = describe_error(exc)
-            say(f"    run {index}/{runs}: FAILED after {time.perf_counter() - began:.1f}s")
-            say("      " + traceback.format_exc().rstrip().replace("\n", "\n      "))
+        _repeat(outcome, index, runs)
+        if outcome.error is not None:
             break
-        for key, samples in outcome.samples.items():
-            samples.append(float(values[key]))
-        say(
-            f"    run {index}/{runs}: {_describe(values, scenario)}"
-            f" ({time.perf_counter() - began:.1f}s)"
-        )
-    outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def run_interleaved(
+    scenarios: Sequence[Scenario], runs: int, positions: Sequence[str]
+) -> list[Outcome]:
+    """Run 1 of every scenario, then run 2 of every one...; a failed one is not run again."""
+    outcomes = [Outcome(s, {m.key: [] for m in s.metrics}) for s in scenarios]
+    for index in range(1, runs + 1):
+        for outcome, position in zip(outcomes, positions, strict=True):
+            if outcome.error is None:
+                _announce(outcome.scenario, runs, position)
+                _repeat(outcome, index, runs)
+    return outcomes
 
 
 def _with_timeout(scenario: Scenario, ctx: RunContext) -> Mapping[str, float]:

@@ -16,6 +16,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.harness import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +49,21 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _batches(scenarios: list[Scenario]) -> list[list[Scenario]]:
+    """The scenarios in order, those of one ``group`` pulled together (run interleaved)."""
+    batches: list[list[Scenario]] = []
+    by_group: dict[str, list[Scenario]] = {}
+    for scenario in scenarios:
+        if scenario.group is None:
+            batches.append([scenario])
+        elif scenario.group in by_group:
+            by_group[scenario.group].append(scenario)
+        else:
+            by_group[scenario.group] = [scenario]
+            batches.append(by_group[scenario.group])
+    return batches
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -60,7 +79,7 @@ def main(argv: list[str]) -> int:
             sys.path.remove(path)
         sys.path.insert(0, path)
 
-    from bench.harness import run_scenario, say
+    from bench.harness import run_interleaved, run_scenario, say
     from bench.report import environment, load_average, render
     from bench.systems import load_scenarios
     from bench.systems.celeriac_common import event_loop
@@ -70,7 +89,7 @@ def main(argv: list[str]) -> int:
     # and temporary files removed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    scenarios, skipped = load_scenarios()
+    scenarios, skipped, descriptions = load_scenarios()
     if args.list:
         for scenario in scenarios:
             say(f"{scenario.name:<24} {scenario.system:<10} {scenario.title}")
@@ -93,11 +112,25 @@ def main(argv: list[str]) -> int:
     say(f"  {env['python']}, anyio {env['anyio']}, msgspec {env['msgspec']}, {env['CPUs']}")
     started = time.perf_counter()
     outcomes = []
-    for position, scenario in enumerate(scenarios, 1):
+    position = 0
+    for batch in _batches(scenarios):
         gc.collect()
-        outcomes.append(run_scenario(scenario, runs, f"[{position}/{len(scenarios)}]"))
+        positions = [f"[{position + i}/{len(scenarios)}]" for i in range(1, len(batch) + 1)]
+        position += len(batch)
+        if len(batch) == 1:
+            outcomes.append(run_scenario(batch[0], runs, positions[0]))
+        else:
+            outcomes.extend(run_interleaved(batch, runs, positions))
     env["load average at end"] = load_average()
-    text = render(outcomes, env, runs=runs, seconds=time.perf_counter() - started, skipped=skipped)
+    used = {o.scenario.system for o in outcomes}
+    text = render(
+        outcomes,
+        env,
+        runs=runs,
+        seconds=time.perf_counter() - started,
+        skipped=skipped,
+        descriptions={k: v for k, v in descriptions.items() if k in used},
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     say("")
