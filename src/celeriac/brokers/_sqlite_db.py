@@ -14,6 +14,7 @@ pooled connection, so a fetch waiting in one thread never holds up an ack.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
@@ -26,7 +27,15 @@ import anyio.to_thread
 
 from celeriac.errors import BrokerError
 
-__all__ = ["Database", "Interrupt", "Pacer", "chunks", "placeholders", "write_transaction"]
+__all__ = [
+    "Database",
+    "Interrupt",
+    "Pacer",
+    "chunks",
+    "placeholders",
+    "use_wal",
+    "write_transaction",
+]
 
 T = TypeVar("T")
 
@@ -110,6 +119,34 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def use_wal(conn: sqlite3.Connection, patience: float) -> None:
+    """Put the file in WAL mode, waiting out processes that are doing the same.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers a
+    second process racing for it with "database is locked" at once, without
+    calling the busy handler. So the switch is retried, with a little jittered
+    sleep, for up to ``patience`` seconds; a file already in WAL mode (the
+    usual case) needs no lock at all.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.005
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+        except sqlite3.OperationalError as exc:
+            message = str(exc).lower()
+            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.25)
+            continue
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode={mode})")
+        return
 
 
 class Pacer:
@@ -223,9 +260,7 @@ class Database:
 
     def setup(self, conn: sqlite3.Connection) -> None:
         """Blocking: switch the file to WAL mode and create the schema if missing."""
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-        if str(mode).lower() != "wal":
-            raise BrokerError(f"{self.path}: cannot use WAL mode (journal_mode={mode})")
+        use_wal(conn, self.busy_timeout)
         try:
             conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
         except BaseException:

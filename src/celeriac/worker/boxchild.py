@@ -2,8 +2,8 @@
 
 It speaks the stdio protocol of ``docs/protocol.md`` ("Boxed tasks"): one JSON
 object per line. On start it writes ``{"ready": true, "pid": N}``; then for each
-request line ``{"id", "module", "qualname", "path", "args", "kwargs"}`` it runs
-the function and writes ``{"id", "ok": true, "result": ...}`` or
+request line ``{"id", "module", "qualname", "path", "args", "kwargs",
+"soft_time_limit"}`` it runs the function and writes ``{"id", "ok": true, "result": ...}`` or
 ``{"id", "ok": false, "error": {...}}``. The task's own prints go to stderr, so
 they cannot corrupt the protocol stream. A program in any language that speaks
 this protocol can serve as a box.
@@ -15,12 +15,16 @@ import importlib
 import inspect
 import os
 import runpy
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import msgspec
 
+from celeriac.errors import TimeLimitExceeded
+from celeriac.failures.backoff import Retry
+from celeriac.failures.sections import Poisonous, policy_of
 from celeriac.tasks.outcome import error_info
 
 __all__ = ["BoxRequest", "BoxResponse", "main"]
@@ -35,6 +39,7 @@ class BoxRequest(msgspec.Struct, frozen=True):
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     path: str | None = None
+    soft_time_limit: float | None = None  # seconds of the call, timed by the box itself
 
 
 class BoxResponse(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -44,6 +49,8 @@ class BoxResponse(msgspec.Struct, frozen=True, omit_defaults=True):
     ok: bool
     result: Any = None
     error: Any = None
+    poisonous: bool = False  # the error left a ``poisonous()`` section
+    retry: Retry | None = None  # the error left a ``retry(...)`` section with this policy
 
 
 def _resolve(
@@ -91,17 +98,50 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             continue
         request = decoder.decode(line)
         try:
-            result = _call(_resolve(request, cache), request)
+            fn = _resolve(request, cache)
+            soft = request.soft_time_limit if _timed() else None
+            if soft:
+                signal.setitimer(signal.ITIMER_REAL, soft)
+            try:
+                result = _call(fn, request)
+            finally:
+                if soft:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
             reply = BoxResponse(id=request.id, ok=True, result=result)
             data = encoder.encode(reply)
         except Exception as exc:
-            data = encoder.encode(BoxResponse(id=request.id, ok=False, error=error_info(exc)))
+            policy = policy_of(exc)
+            response = BoxResponse(
+                id=request.id,
+                ok=False,
+                error=error_info(exc),
+                poisonous=isinstance(policy, Poisonous),
+                retry=policy if isinstance(policy, Retry) else None,
+            )
+            data = encoder.encode(response)
         replies.write(data + b"\n")
         replies.flush()
 
 
+def _soft_limit(signum: int, frame: object) -> None:
+    raise TimeLimitExceeded("the task ran past its soft time limit")
+
+
+def _timed() -> bool:
+    """Whether soft limits can be timed here (``main`` installed the alarm handler)."""
+    return signal.getsignal(signal.SIGALRM) is _soft_limit
+
+
 def main() -> None:
-    """Entry point: protocol on the original stdout, the task's prints on stderr."""
+    """Entry point: protocol on the original stdout, the task's prints on stderr.
+
+    A request's ``soft_time_limit`` is timed here, from the call of the function
+    (``ITIMER_REAL``): past it, :class:`~celeriac.errors.TimeLimitExceeded` is
+    raised inside the task, which may clean up. Timing it in the box means the
+    box's start and imports never count, and no alarm can reach a box between
+    tasks.
+    """
+    signal.signal(signal.SIGALRM, _soft_limit)
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.path.insert(0, os.getcwd())

@@ -20,6 +20,7 @@ import anyio.abc
 import msgspec
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from celeriac.failures.backoff import Retry
 from celeriac.worker.boxchild import BoxRequest
 
 __all__ = ["Box", "BoxDied", "BoxPool"]
@@ -40,6 +41,8 @@ class _Reply(msgspec.Struct):
     error: Any = None
     ready: bool = False
     pid: int = 0
+    poisonous: bool = False
+    retry: Retry | None = None
 
 
 _decoder = msgspec.json.Decoder(_Reply)
@@ -76,7 +79,11 @@ class Box:
             env=_child_env(),
         )
         box = cls(process)
-        reply = await box._read()
+        try:
+            reply = await box._read()
+        except BaseException:  # cancelled (a time limit, shutdown) while it was starting
+            await box.kill()
+            raise
         if not reply.ready:
             await box.kill()
             raise BoxDied("box did not start")
@@ -127,6 +134,7 @@ class BoxPool:
         self._idle: list[Box] = []
         self._all: set[Box] = set()
         self._limiter = anyio.CapacityLimiter(size)
+        self._running: dict[str, Box] = {}
 
     def resize(self, size: int) -> None:
         """Allow ``size`` boxes at once."""
@@ -148,12 +156,14 @@ class BoxPool:
             if on_start is not None:
                 on_start(box)
             healthy = False
+            self._running[request.id] = box
             try:
                 with anyio.fail_after(timeout):
                     reply = await box.call(request)
                 healthy = True
                 return reply
             finally:
+                self._running.pop(request.id, None)
                 if healthy and len(self._idle) < self.size:
                     self._idle.append(box)
                 else:
