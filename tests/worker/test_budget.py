@@ -73,3 +73,20 @@ def test_limit_always_stays_within_bounds(
         limit = budget.update(queued, running, now)
         assert max(minimum, 1) <= limit <= maximum
         assert limit == budget.limit
+
+
+def test_told_up_it_stands_at_its_maximum_until_told_otherwise() -> None:
+    budget = Budget(2, 16)
+    budget.follow("up")
+    assert budget.limit == 16
+    assert budget.update(queued=0, running=1, now=0.0) == 16  # no local backlog: still up
+    budget.follow("hold")  # the recommendation moved on: its own algorithm again
+    assert budget.update(queued=0, running=3, now=1.0) == 3
+
+
+def test_told_down_it_shrinks_to_what_runs_at_once() -> None:
+    budget = Budget(2, 16)
+    budget.follow("up")
+    budget.follow("down")
+    assert budget.update(queued=5, running=7, now=0.0) == 7  # some queued, below the limit
+    assert budget.update(queued=0, running=0, now=1.0) == 2  # and on to its minimum

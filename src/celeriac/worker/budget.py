@@ -11,7 +11,11 @@ minimum, a maximum, and a *current* limit between them that follows the load:
 * when nothing is queued and fewer tasks run than the limit, it shrinks to the
   number running (never below the minimum), and the growth count starts over.
 
-It never goes above the maximum. Callers should pass as ``queued`` the *smallest*
+It never goes above the maximum. The scheduler's autoscaler (see
+:mod:`celeriac.scheduler.autoscale`) may also steer it through :meth:`Budget.follow`:
+while the cluster is told to scale up, the budget stands at its maximum (the
+backlog is the cluster's, not only this worker's); a scale-down lets it shrink
+to what runs at once. Callers should pass as ``queued`` the *smallest*
 queue length seen since the last update, so that a queue which empties between
 batches (the runners keep up) does not count as a backlog.
 
@@ -61,6 +65,8 @@ class Budget:
         self.cooldown = cooldown
         self.exponent = exponent
         self._limit = max(minimum, 1)
+        self._floor = self._limit  # the least it shrinks to; the maximum while told "up"
+        self._shrink = False
         self._increases = 0
         self._cooldown_until = -math.inf
 
@@ -72,8 +78,25 @@ class Budget:
     def __repr__(self) -> str:
         return f"Budget({self.minimum}..{self.maximum}, now {self._limit})"
 
+    def follow(self, direction: str) -> None:
+        """Follow the autoscaler: ``"up"`` holds the maximum, ``"down"`` shrinks at once.
+
+        ``"hold"`` (or a recommendation that expired) gives the budget back to its
+        own algorithm.
+        """
+        if direction == "up":
+            self._floor = self._limit = self.maximum
+        else:
+            self._floor = max(self.minimum, 1)
+            self._shrink = self._shrink or direction == "down"
+
     def update(self, queued: int, running: int, now: float) -> int:
         """Apply the algorithm for the current load and return the new limit."""
+        if self._shrink and queued < self._limit:
+            self._shrink = False
+            self._limit = max(self._floor, running)
+            self._increases = 0
+            return self._limit
         if queued > self._limit and self._limit < self.maximum:
             if now < self._cooldown_until:
                 return self._limit
@@ -85,6 +108,6 @@ class Budget:
             self._increases += 1
             self._cooldown_until = now + self.cooldown
         elif queued == 0 and running < self._limit:
-            self._limit = max(self.minimum, running, 1)
+            self._limit = max(self._floor, running)
             self._increases = 0
         return self._limit
