@@ -111,7 +111,7 @@ class ErrorTypes:
 
     def __init__(self) -> None:
         self._types: dict[tuple[str, str], type[BaseException]] = {}
-        self._modules: set[str] = {"celeriac.errors"}
+        self._modules: set[str] = {"celeriac.errors", "celeriac.canvas.errors"}
 
     def add(self, cls: type[BaseException]) -> None:
         """Allow ``cls`` to be rebuilt from a remote error."""

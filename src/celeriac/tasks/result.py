@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from celeriac.runtime import loop_key
+
 if TYPE_CHECKING:
     from celeriac.app import App
+    from celeriac.publisher import Ticket
 
 __all__ = ["Result"]
 
@@ -20,14 +23,18 @@ class Result(Generic[R]):
     (asyncio or trio). Both return the task's value or raise its error, rebuilt as
     the same exception type where that type is trusted, else
     :class:`~celeriac.errors.TaskError`.
+
+    ``confirmed()`` (sync) and ``await confirmed_async()`` tell whether the broker
+    has accepted the task's message or it still waits in the publisher's backlog.
     """
 
-    __slots__ = ("app", "id", "name")
+    __slots__ = ("_ticket", "app", "id", "name")
 
-    def __init__(self, app: App, id: str, name: str = "") -> None:
+    def __init__(self, app: App, id: str, name: str = "", ticket: Ticket | None = None) -> None:
         self.app = app
         self.id = id
         self.name = name
+        self._ticket = ticket
 
     def __repr__(self) -> str:
         return f"<Result {self.name} {self.id}>"
@@ -56,6 +63,40 @@ class Result(Generic[R]):
         """:meth:`get` for async code (``await result`` does the same with no timeout)."""
         value: R = await self.app._bridge.call_async(self.app._wait_value, self.id, timeout)
         return value
+
+    def confirmed(self, timeout: float | None = 0.0) -> bool:
+        """Whether the broker has accepted this task's message (False: it is still in
+        the publisher's backlog), waiting for that at most ``timeout`` seconds.
+
+        The default ``0`` only looks, and works anywhere. A wait (``timeout`` other
+        than 0; ``None`` waits until accepted) blocks, so inside an event loop it raises
+        ``RuntimeError``: use :meth:`confirmed_async` there. Only a Result returned by
+        ``delay()``, ``apply_async()`` or ``send_task()`` knows; one from
+        ``app.result(id)`` raises ``RuntimeError``.
+        """
+        ticket = self._known_ticket()
+        if ticket.accepted or timeout == 0:
+            return ticket.accepted
+        if loop_key() is not None:
+            raise RuntimeError(
+                "this call blocks; inside async code use await result.confirmed_async(timeout)"
+            )
+        return ticket.wait(timeout)
+
+    async def confirmed_async(self, timeout: float | None = None) -> bool:
+        """:meth:`confirmed` for async code; ``None`` (the default) waits until accepted."""
+        ticket = self._known_ticket()
+        if ticket.accepted or timeout == 0:
+            return ticket.accepted
+        return await ticket.wait_async(timeout)
+
+    def _known_ticket(self) -> Ticket:
+        if self._ticket is None:
+            raise RuntimeError(
+                f"{self!r} was not published by this process: only a Result returned by "
+                "delay(), apply_async() or send_task() knows whether its message was confirmed"
+            )
+        return self._ticket
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.get_async().__await__()

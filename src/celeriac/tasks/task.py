@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 import msgspec
 
+from celeriac.canvas.primitives import Chunks, Map, Starmap
+from celeriac.canvas.signature import CanvasNode, Signature, bind
+from celeriac.failures.backoff import Retry
+from celeriac.failures.breaker import CircuitBreaker
 from celeriac.messages import Envelope, new_id
+from celeriac.scheduler.limits import Limit, RateLimit
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -27,13 +32,23 @@ Kind = Literal["coroutine", "thread", "process"]
 class TaskOptions(msgspec.Struct, frozen=True):
     """How a task is routed and run; every field has an app-wide default.
 
-    ``time_limit`` is in seconds (``None``: no limit). ``expires`` is a number of
-    seconds after publishing past which a message of this task is not executed.
+    ``time_limit`` (hard) and ``soft_time_limit`` are in seconds (``None``: no
+    limit; see docs/failure-handling.md). ``retry`` is the task's retry policy:
+    ``"app"`` for the app's default, ``None`` for no retries. ``dedupe`` computes a
+    call's dedupe key from its arguments (see :mod:`celeriac.worker.dedupe`). ``expires`` is a
+    number of seconds after publishing past which a message of this task is not
+    executed.
     """
 
     queue: str = "default"
     priority: int = 0
     time_limit: float | None = None
+    soft_time_limit: float | None = None
+    retry: Retry | Literal["app"] | None = "app"
+    dedupe: Callable[..., str | None] | None = None
+    breaker: CircuitBreaker | None = None
+    concurrency: Limit | None = None
+    rate_limit: RateLimit | None = None
     expires: float | None = None
     ignore_result: bool = False
     boxed: bool = False
@@ -171,3 +186,35 @@ class Task(Generic[P, R]):
             ignore_result=ignore_result,
         )
         return self.app.publish(envelope)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task: a call as data, for canvases.
+
+        Partial: in a chain, the previous result is prepended to ``args``.
+        """
+        return _bound(Signature(self.name, args=args, kwargs=kwargs), self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain, it ignores the previous result."""
+        return _bound(Signature(self.name, args=args, kwargs=kwargs, immutable=True), self.app)
+
+    def map(self, items: Iterable[Any]) -> Map:
+        """One call per item, ``[task(item) for item in items]``, one message each."""
+        return _bound(Map(self.name, items=tuple(items)), self.app)
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> Starmap:
+        """One call per item, unpacked: ``[task(*item) for item in items]``."""
+        return _bound(Starmap(self.name, items=tuple(tuple(item) for item in items)), self.app)
+
+    def chunks(self, items: Iterable[Sequence[Any]], n: int) -> Chunks:
+        """The starmap of ``items`` in messages of ``n`` calls each: a list of lists."""
+        chunks = Chunks(self.name, items=tuple(tuple(item) for item in items), size=n)
+        return _bound(chunks, self.app)
+
+
+N = TypeVar("N", bound=CanvasNode)
+
+
+def _bound(node: N, app: App) -> N:
+    bind(node, app)
+    return node
