@@ -13,6 +13,8 @@ and the worker's App agree without sharing an object.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import anyio
 
 from celeriac import App
@@ -43,9 +45,13 @@ async def sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
-def build(broker: str | None = None) -> App:
-    """The bench App on ``broker`` (default: ``$CELERIAC_BROKER``, else celeriac's default)."""
-    bench = App("bench", broker)
+def build(broker: str | None = None, sinks: Mapping[str, str] | None = None) -> App:
+    """The bench App on ``broker`` (default: ``$CELERIAC_BROKER``, else celeriac's default).
+
+    ``sinks`` (default: ``$CELERIAC_SINKS``, else results beside the broker) for brokers
+    that keep no results (``amqp://``).
+    """
+    bench = App("bench", broker, sinks=sinks)
     bench.register(NOOP, noop, queue=QUEUE)
     bench.register(NOOP_SYNC, noop_sync, queue=QUEUE)
     bench.register(NOOP_BOXED, noop_boxed, queue=QUEUE, boxed=True)

@@ -26,8 +26,11 @@ PEER_PACKAGES = (
     "rq",
     "redis",
     "hiredis",
+    "aio-pika",
+    "nats-py",
+    "asyncpg",
 )
-"""Packages whose versions RESULTS.md gives when installed (the peers and their clients)."""
+"""Packages whose versions RESULTS.md gives when installed (the peers and the clients)."""
 
 __all__ = ["environment", "render"]
 

@@ -18,7 +18,7 @@ import time
 
 import anyio
 
-from celeriac import App
+from celeriac import App, chord, group
 
 app = App("shop")  # broker: sqlite:///celeriac.db in the current directory
 
@@ -43,6 +43,12 @@ def render_invoice(order_id: int, lines: list[list[object]]) -> str:
     return f"invoice #{order_id}: {len(lines)} line(s), {total:.2f} total, by pid {os.getpid()}"
 
 
+@app.task
+def basket_total(prices: list[float]) -> float:
+    """The body of a chord: called once, with every member's result."""
+    return round(sum(prices), 2)
+
+
 def legacy_discount(cents: int, percent: int) -> int:
     """A plain function from older code, registered without a decorator."""
     return cents - cents * percent // 100
@@ -58,6 +64,8 @@ async def demo(app: App) -> int:
     sums = [checksum.delay(word) for word in ("celery", "celeriac")]
     invoice = render_invoice.delay(42, [["apple", 0.5, 3], ["pear", 0.75, 2]])
     discount = app.send_task("shop.legacy_discount", args=(1999, 15))
+    basket = chord(group(fetch_price.s(sku) for sku in ("apple", "pear")), basket_total.s())
+    total = await basket.delay_async()
     rows: list[tuple[str, object, str]] = []
     for sku, result in zip(("apple", "pear", "plum"), prices, strict=True):
         rows.append((f"fetch_price({sku!r})", await result, "coroutine"))
@@ -65,7 +73,8 @@ async def demo(app: App) -> int:
         rows.append((f"checksum({word!r})", await result, "thread"))
     rows.append(("render_invoice(42, ...)", await invoice, "boxed process"))
     rows.append(("shop.legacy_discount(1999, 15)", await discount, "plain callable"))
+    rows.append(("chord(fetch_price x2, basket_total)", await total, "canvas"))
     for call, value, kind in rows:
-        print(f"{call:<32} -> {value}   [{kind}]")
+        print(f"{call:<36} -> {value}   [{kind}]")
     print(f"all results in {time.perf_counter() - started:.3f}s")
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -53,8 +54,14 @@ def sqlite_url(ctx: RunContext) -> str:
     return f"sqlite:///{ctx.tmpdir / 'bench.db'}"
 
 
-def start_worker(ctx: RunContext, broker: str, *extra: str) -> ManagedProcess:
-    """``python -m celeriac worker bench.apps:app -Q bench`` as a subprocess on ``broker``."""
+def start_worker(
+    ctx: RunContext, broker: str, *extra: str, sinks: Mapping[str, str] | None = None
+) -> ManagedProcess:
+    """``python -m celeriac worker bench.apps:app -Q bench`` as a subprocess on ``broker``.
+
+    ``sinks`` (name -> URL) reach it as ``CELERIAC_SINKS``; without, results go beside
+    the broker.
+    """
     args = [
         python(),
         "-m",
@@ -69,7 +76,10 @@ def start_worker(ctx: RunContext, broker: str, *extra: str) -> ManagedProcess:
         QUEUE,
         *extra,
     ]
-    process = ctx.spawn("worker", args, ctx.subprocess_env(CELERIAC_BROKER=broker))
+    env = {"CELERIAC_BROKER": broker}
+    if sinks:
+        env["CELERIAC_SINKS"] = json.dumps(dict(sinks))
+    process = ctx.spawn("worker", args, ctx.subprocess_env(**env))
     ctx.progress(f"worker subprocess started (pid {process.pid})")
     return process
 

@@ -34,6 +34,7 @@ import msgspec
 
 __all__ = [
     "Broker",
+    "Coordinator",
     "DataSink",
     "DeadLetter",
     "Delivery",
@@ -108,6 +109,7 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     processed: int = 0
     failed: int = 0
     loop: str = "asyncio"
+    capacity: int = 0  #: the most tasks it may run at once (its budgets' maxima); 0: unknown
 
 
 class StoredDocument(msgspec.Struct, frozen=True):
@@ -220,3 +222,114 @@ class DataSink(Protocol):
 
     async def forget(self, ids: Sequence[str]) -> None:
         """Delete these documents."""
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """Shared state for scheduling decisions across processes: counters, claims, leases, rates.
+
+    A coordinator is what limits and schedules that span workers keep their state in
+    (global concurrency limits, global rate limits, periodic ticks published once by
+    several schedulers, chord completion). It is opened from a URL by
+    :func:`celeriac.coordination.open_coordinator`, usually the broker's own URL:
+    ``memory://``, ``sqlite:///``, ``redis://`` and ``postgresql://`` (see
+    ``docs/coordination.md``; NATS and RabbitMQ brokers need a coordinator URL of
+    their own).
+
+    The contract, which :mod:`celeriac.testing.coordination` checks on every backend:
+
+    * **Atomic.** Every method is one atomic step on the store (one Lua script, one
+      SQL statement or one locked transaction): concurrent callers in any number of
+      processes see each other's steps in some order, never half of one.
+    * **One clock.** Expiry, leases and rates are measured by the store's clock
+      (:meth:`time`): the server's where there is a server, so the clocks of the
+      callers do not matter. ``ttl`` and ``rate`` are in seconds of that clock.
+    * **Key spaces.** Each primitive has keys of its own: a counter, a tally, a
+      claim, a semaphore and a throttle may all be called ``"x"`` without meeting.
+      Keys are any text; a store is shared by every coordinator on the same URL
+      (Redis ``prefix``, PostgreSQL ``schema``, SQLite file, memory name).
+    * **Expiry is exact for readers.** Something whose time ran out counts as
+      absent at once; backends delete the leftovers later.
+    * Arguments out of range (a negative ``ttl``, ``rate <= 0``, ``burst < 1``,
+      ``limit < 0``) raise :class:`ValueError`; a failing store raises
+      :class:`~celeriac.errors.BrokerError`.
+    """
+
+    url: str
+
+    async def connect(self) -> None:
+        """Open connections and create what the backend needs (tables...)."""
+
+    async def close(self) -> None:
+        """Release connections. What is stored stays (until it expires)."""
+
+    async def time(self) -> float:
+        """The store's clock, in unix seconds: what every ttl and rate is measured by."""
+
+    async def add(self, key: str, delta: int, ttl: float | None) -> int:
+        """Add ``delta`` to the counter ``key`` and return its new value.
+
+        A counter that does not exist (or has expired) starts at 0, so ``add(key, 0,
+        ...)`` reads it. Every call sets the counter's expiry: ``ttl`` seconds from
+        now, or never for ``None`` (so ``None`` also cancels an earlier ttl). Not
+        idempotent: a retried call counts twice (see :meth:`tally`).
+        """
+
+    async def tally(self, key: str, member: str | Sequence[str], ttl: float | None) -> int:
+        """Add ``member`` (or every member of a non-empty list, in one atomic step) to the
+        set ``key`` and return how many distinct members it has.
+
+        Idempotent per member: counting the same member again (a redelivered
+        message) returns the current count and changes nothing, which is what
+        counting chord results needs. Expiry as for :meth:`add`, for the whole set.
+        The caller that sees the count reach its goal acts; since a repeated call
+        sees it too, make that action idempotent or guard it with :meth:`claim`.
+        """
+
+    async def claim(self, key: str, owner: str, ttl: float) -> str:
+        """Make ``owner`` hold ``key`` for ``ttl`` seconds, unless someone else holds it.
+
+        Returns the owner holding the claim after the call: ``owner`` when this call
+        won it, or already held it (then its expiry moves to ``ttl`` seconds from
+        now, longer or shorter); the other holder's name otherwise (nothing
+        changes). A claim whose ttl ran out is free for anyone. A holder gives its
+        claim up early with ``ttl=0`` (it expires at once). Used to publish each
+        periodic tick once (``claim(f"tick:{name}:{when}", me, ttl)``) and to elect
+        one leader among several schedulers (renewed well within ``ttl``).
+        """
+
+    async def acquire(self, key: str, holder: str, limit: int, ttl: float) -> bool:
+        """Take one of the ``limit`` slots of the semaphore ``key`` for ``holder``.
+
+        Returns True when ``holder`` now holds a slot, leased for ``ttl`` seconds:
+        taken by this call, or already held (its lease is then renewed, even if the
+        limit has since been lowered below the slots taken). False when ``limit``
+        live leases of other holders exist: nothing changes. A lease that is not
+        renewed within its ``ttl`` frees its slot, so a holder that died (even by
+        SIGKILL) gives its slot back after ``ttl``. ``holder`` names one unit of
+        work (a worker and a task id); ``limit=0`` admits no one new.
+        """
+
+    async def release(self, key: str, holder: str) -> None:
+        """Give back ``holder``'s slot of the semaphore ``key`` (nothing if it holds none)."""
+
+    async def holding(self, key: str) -> int:
+        """How many live leases the semaphore ``key`` has."""
+
+    async def throttle(self, key: str, rate: float, burst: int, ahead: float = 0.0) -> float:
+        """Ask the rate limit ``key`` for one unit: the wait until it may go.
+
+        GCRA (generic cell rate algorithm): at most ``rate`` units a second, and
+        ``burst`` (>= 1) at once after a quiet spell; over any ``t`` seconds no more
+        than ``burst + rate * t`` slots, smooth, with no window edges to burst across.
+        The unit's slot is counted when it is due within ``ahead`` seconds: the
+        answer is then the wait until that slot (``0.0``: now), and the caller must
+        go then. With the default ``ahead=0`` that is "admitted now"; a caller that
+        reserves its slot ahead (an interval or more) and sleeps until it loses no
+        capacity to its own lateness, which plain asking does (each late return
+        moves the schedule). When the slot is further off, nothing is counted and
+        the answer, more than ``ahead``, is how long until that slot: asking again
+        ``answer - ahead`` later can reserve it, unless another caller took it first.
+        So an answer of at most ``ahead`` always means "counted". The same key may be
+        asked with another rate later (the state carries over).
+        """

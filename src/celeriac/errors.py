@@ -11,7 +11,9 @@
     ├── BrokerError               a backend failed; the original is the __cause__
     ├── UnknownTask               no task of that name is registered here
     ├── TaskError                 a task failed remotely and its error could not be rebuilt
+    ├── PoisonMessage             a message kept killing its workers; now a dead letter
     ├── TaskRevoked               the task was revoked (or expired) before it finished
+    ├── TimeLimitExceeded         a task ran past its (soft) time limit
     ├── ResultTimeout             Result.get(timeout=...) ran out (also a TimeoutError)
     └── ActorError                the actor core (see celeriac.actors)
         ├── ActorNotRunning       tell/ask to an actor that is not started
@@ -37,11 +39,13 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "MailboxFull",
+    "PoisonMessage",
     "ProtocolError",
     "ResultTimeout",
     "SignatureError",
     "TaskError",
     "TaskRevoked",
+    "TimeLimitExceeded",
     "UnknownTask",
     "VersionError",
 ]
@@ -91,6 +95,15 @@ class TaskError(CeleriacError):
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
+
+
+class PoisonMessage(CeleriacError):
+    """The task's message was delivered more often than the bound without being settled
+    (its runs kept killing or losing their worker); it waits in the dead letters."""
+
+
+class TimeLimitExceeded(CeleriacError):
+    """A task ran past its time limit and was stopped (or, past a soft limit, told to stop)."""
 
 
 class TaskRevoked(CeleriacError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import itertools
 import logging
 import sys
@@ -28,14 +29,19 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.from_thread
+import anyio.to_thread
 
 from celeriac._notify import Notifier
-from celeriac.abc import Broker, DataSink, StoredDocument
+from celeriac.abc import Broker, Coordinator, DataSink, StoredDocument
 from celeriac.actors import ActorSystem, Backoff, ChildSpec, ServiceActor, Supervisor, actor_system
 from celeriac.brokers import open_broker
+from celeriac.brokers._deferred import Deferred, connect_or_defer
+from celeriac.brokers._url import scheme_of
+from celeriac.coordination import open_coordinator
 from celeriac.errors import BrokerError, ResultTimeout
-from celeriac.publisher import Publisher
+from celeriac.publisher import Publisher, Ticket, open_backlog
 from celeriac.sinks import open_sink
 
 if TYPE_CHECKING:
@@ -192,6 +198,11 @@ class Runtime:
         self.system: ActorSystem | None = None
         self._background_calls: anyio.abc.TaskGroup | None = None
         self.flush_timeout = 10.0
+        self.connect_wait = 3.0  # seconds a network server may take to answer at start
+        self._deferred: list[Deferred] = []
+        self._coordinator: Coordinator | None = None
+        self._coordinator_opening: anyio.Event | None = None
+        self.publish_timeout = 10.0
 
     @property
     def broker(self) -> Broker:
@@ -204,18 +215,57 @@ class Runtime:
         return self.sinks["default"]
 
     async def open(self) -> None:
-        """Connect to every broker and sink of the app."""
+        """Connect to every broker and sink of the app.
+
+        A network server that does not answer within ``connect_wait`` seconds does not
+        stop the start: its backend is :class:`~celeriac.brokers._deferred.Deferred`,
+        connected in the background while messages wait in the backlog.
+        """
+        hub = self.app.hub
         for url in self.app.broker_urls:
-            broker = open_broker(url, self.app.hub)
-            await broker.connect()
+            broker, later = await connect_or_defer(
+                functools.partial(open_broker, url, hub), url, scheme_of(url), self.connect_wait
+            )
             self.brokers[url] = broker
+            self._deferred += [later] if later is not None else []
         for name, url in self.app.sink_urls.items():
-            sink = open_sink(url, self.app.hub)
-            await sink.connect()
+            sink, later = await connect_or_defer(
+                functools.partial(open_sink, url, hub), url, scheme_of(url), self.connect_wait
+            )
             self.sinks[name] = sink
+            self._deferred += [later] if later is not None else []
+
+    async def _reconnect(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            for deferred in self._deferred:
+                tg.start_soon(deferred.keep_connecting)
+        await anyio.sleep_forever()
+
+    async def coordination(self) -> Coordinator:
+        """The app's coordinator (``App.coordinator_url``), connected on first use."""
+        while self._coordinator is None:
+            if self._coordinator_opening is not None:
+                await self._coordinator_opening.wait()
+                continue
+            self._coordinator_opening = opening = anyio.Event()
+            try:
+                coordinator = open_coordinator(self.app.coordinator_url, self.app.hub)
+                await coordinator.connect()
+                self._coordinator = coordinator
+            finally:
+                self._coordinator_opening = None
+                opening.set()
+        return self._coordinator
 
     async def close(self) -> None:
         """Close every connection (the publisher must have been drained first)."""
+        if self._coordinator is not None:
+            with anyio.CancelScope(shield=True):
+                await self._coordinator.close()
+            self._coordinator = None
         for sink in self.sinks.values():
             with anyio.CancelScope(shield=True):
                 await sink.close()
@@ -233,9 +283,14 @@ class Runtime:
         from celeriac.tasks.outcome import TERMINAL
 
         self.loop = loop_key()
+        backlog = open_backlog(self.app.settings.publisher_backlog)
         await self.open()
         try:
-            publisher = self.publisher = Publisher(self.brokers)
+            # A durable backlog takes over what a stopped process left, to be sent first.
+            await anyio.to_thread.run_sync(backlog.open, list(self.brokers))
+            publisher = self.publisher = Publisher(
+                self.brokers, backlog=backlog, timeout=self.publish_timeout
+            )
             results = self.results = ResultWaiter(self.sink, TERMINAL)
             # Both loops are actors: a crash restarts the loop, and the backlog and
             # pending waits (kept in the objects) carry over.
@@ -247,6 +302,7 @@ class Runtime:
                         shutdown_timeout=self.flush_timeout + 5,
                     ),
                     ChildSpec("results", lambda: ServiceActor(results.run)),
+                    ChildSpec("reconnect", lambda: ServiceActor(self._reconnect)),
                 ],
                 max_restarts=10,
                 period=60.0,
@@ -259,6 +315,7 @@ class Runtime:
                 yield self
         finally:
             with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(backlog.close)
                 await self.close()
 
     async def run(
@@ -276,10 +333,7 @@ class Runtime:
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush the publisher (at most ``timeout`` seconds), then stop :meth:`run`."""
         if self.publisher is not None and not await self.publisher.flush(timeout):
-            log.error(
-                "%d message(s) not published at shutdown: the broker did not accept them",
-                len(self.publisher),
-            )
+            _report_unsent(self.publisher, "shutdown")
         if self._cancel is not None:
             self._cancel.cancel()
 
@@ -356,8 +410,11 @@ class Bridge:
             atexit.register(self.close)
             return self._portal, runtime
 
-    def submit(self, broker_url: str, message: Any, expect_result: bool = True) -> None:
-        """Hand an encoded message to the publisher of the calling context."""
+    def submit(self, broker_url: str, message: Any, expect_result: bool = True) -> Ticket:
+        """Hand an encoded message to the publisher of the calling context.
+
+        The ticket it returns says when the broker has accepted the message.
+        """
         runtime = self.here()
         if runtime is None:
             _, runtime = self._start_background()
@@ -365,7 +422,7 @@ class Bridge:
         assert runtime.results is not None
         if expect_result:
             runtime.results.expect(message.id)
-        runtime.publisher.submit(broker_url, message)
+        return runtime.publisher.submit(broker_url, message)
 
     def call_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``fn(runtime, *args)`` from sync code and return its value."""
@@ -421,7 +478,23 @@ class Bridge:
 async def _flush(runtime: Runtime | None, timeout: float) -> None:
     publisher = runtime.publisher if runtime is not None else None
     if publisher is not None and not await publisher.flush(timeout):
-        log.error(
-            "%d message(s) not published at exit: the broker did not accept them",
+        _report_unsent(publisher, "exit")
+
+
+def _report_unsent(publisher: Publisher, when: str) -> None:
+    backlog = publisher.backlog
+    if backlog.durable:
+        log.warning(
+            "%d message(s) not published at %s: the broker did not accept them; they stay "
+            "in the backlog file %s and the next process using it sends them",
             len(publisher),
+            when,
+            getattr(backlog, "path", "?"),
+        )
+    else:
+        log.error(
+            "%d message(s) not published at %s: the broker did not accept them; they are "
+            "lost with the in-memory backlog",
+            len(publisher),
+            when,
         )

@@ -12,7 +12,10 @@ import time
 
 import anyio
 
-from celeriac import App
+from celeriac import App, Retry
+
+#: failing tasks retry once, at once: the retry path runs in every test that fails a task
+QUICK_RETRY = Retry(max_retries=1, backoff=0.01, max_backoff=0.01, jitter=False)
 
 
 class PaymentDeclined(Exception):
@@ -90,6 +93,7 @@ def unserializable() -> object:
 
 def make_app(broker: str | list[str] | None = None, **settings: object) -> App:
     """The app, with every task registered under ``basic.<name>``."""
+    settings.setdefault("retry", QUICK_RETRY)
     app = App("basic", broker=broker, **settings)
     for fn in (add, mul, pid, sleep, sleep_sync, record, decline, unbuildable, unserializable):
         app.register(f"basic.{fn.__name__}", fn)

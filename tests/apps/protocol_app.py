@@ -9,9 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from celeriac import App
+from celeriac import App, Retry
 
 __all__ = ["ProtocolAppError", "make_app"]
+
+
+#: failing tasks retry once, at once: the retry path runs in every test that fails a task
+QUICK_RETRY = Retry(max_retries=1, backoff=0.01, max_backoff=0.01, jitter=False)
 
 
 class ProtocolAppError(Exception):
@@ -41,6 +45,7 @@ async def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def make_app(broker: str, **settings: Any) -> App:
     """An app on ``broker`` with the protocol test tasks registered."""
+    settings.setdefault("retry", QUICK_RETRY)
     app = App("protocol", broker=broker, **settings)
     app.register("protocol.add", add)
     app.register("protocol.touch", touch)

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.brokers._server import ServerProcess, spare_port
+
 __all__ = ["RabbitServer", "rabbitmq_server_binary"]
 
 _CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server")
@@ -29,20 +31,13 @@ def rabbitmq_server_binary() -> str | None:
     return shutil.which("rabbitmq-server")
 
 
-def _spare_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RabbitServer:
+class RabbitServer(ServerProcess):
     """One RabbitMQ node on a spare port; ``url`` reaches it as guest."""
 
     def __init__(self, root: Path, binary: str) -> None:
         self.root = root
         self.binary = binary
-        self.port = _spare_port()
+        self.port = spare_port()
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         self.node = f"celeriac-test-{os.getpid()}-{self.port}@localhost"
         (root / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n")
@@ -54,7 +49,7 @@ class RabbitServer:
             RABBITMQ_NODENAME=self.node,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_DIST_PORT=str(_spare_port()),
+            RABBITMQ_DIST_PORT=str(spare_port()),
             RABBITMQ_MNESIA_BASE=str(root / "mnesia"),
             RABBITMQ_LOG_BASE=str(root / "log"),
             RABBITMQ_CONFIG_FILE=str(root / "rabbitmq.conf"),

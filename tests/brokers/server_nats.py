@@ -22,7 +22,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
+
+from tests.brokers._server import ServerProcess, spare_port
 
 __all__ = ["NatsServer", "nats_server_binary"]
 
@@ -34,20 +35,13 @@ def nats_server_binary() -> str | None:
     )
 
 
-def _spare_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class NatsServer:
+class NatsServer(ServerProcess):
     """Start, crash and restart a private nats-server (see the module docstring)."""
 
     def __init__(self, directory: Path, binary: str, *, options: str = "") -> None:
         self.directory = directory
         self.binary = binary
-        self.port = _spare_port()
+        self.port = spare_port()
         self.url = f"nats://127.0.0.1:{self.port}/?namespace=restart" + (
             f"&{options}" if options else ""
         )
@@ -93,15 +87,3 @@ class NatsServer:
         log = self.directory / "nats.log"  # the next start waits for a new "ready"
         if log.exists():
             log.rename(self.directory / f"nats-{time.monotonic_ns()}.log")
-
-    def __enter__(self) -> NatsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.brokers._server import ServerProcess, spare_port
 
 __all__ = ["BIN", "PostgresServer", "available"]
 
@@ -36,18 +37,11 @@ def available() -> str | None:
     return None
 
 
-def _spare_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """One throwaway cluster; ``url`` names its ``postgres`` database."""
 
     def __init__(self, options: str = "") -> None:
-        self.port = _spare_port()
+        self.port = spare_port()
         self.dir = Path(tempfile.mkdtemp(prefix="celeriac-pg-"))
         self.data = self.dir / "data"
         query = f"?{options}" if options else ""

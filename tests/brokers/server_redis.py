@@ -16,7 +16,8 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
+
+from tests.brokers._server import ServerProcess, spare_port
 
 __all__ = ["RedisServer", "make_certificates", "redis_server_binary"]
 
@@ -83,14 +84,7 @@ def make_certificates(directory: Path) -> Path:
     return directory  # fmt: skip
 
 
-def _spare_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """Start, crash and restart a private redis-server (see the module docstring)."""
 
     def __init__(
@@ -98,7 +92,7 @@ class RedisServer:
     ) -> None:
         self.directory = directory
         self.binary = binary
-        self.port = _spare_port()
+        self.port = spare_port()
         self.tls = tls
         scheme = "rediss" if tls else "redis"
         self.url = f"{scheme}://127.0.0.1:{self.port}/0" + (f"?{options}" if options else "")
@@ -157,15 +151,3 @@ class RedisServer:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait(10)
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -9,30 +9,24 @@ exchange the tests made). The restart cases run on a node of their own (see
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 import pytest
 from tests.apps.basic import make_app
+from tests.brokers._shared import amqp_namespace, connected, returning, unavailable
 from tests.brokers.server_amqp import RabbitServer, rabbitmq_server_binary
 
-from celeriac import App
 from celeriac.abc import Outgoing
 from celeriac.brokers import Hub, open_broker
 from celeriac.brokers.amqp import AmqpBroker
-from celeriac.errors import BrokerError, ConfigurationError, TaskRevoked
-from celeriac.testing.conformance import BrokerConformance, require_service, with_options
+from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.testing.conformance import BrokerConformance, with_options
 from celeriac.testing.restart import RestartableServer, ServerRestartConformance
-from celeriac.worker.worker import Worker
-
-HOST, PORT = "127.0.0.1", 5672
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services("amqp")]
 
@@ -63,28 +57,14 @@ def vhost() -> Iterator[str]:
 
 
 @pytest.fixture
-async def amqp_url(vhost: str) -> AsyncIterator[str]:
-    """A fresh namespace on the shared server, deleted afterwards.
-
-    Each quorum queue holds a few of the server's file handles, and RabbitMQ stops
-    accepting connections when they run out: leave nothing behind.
-    """
-    require_service("rabbitmq", HOST, PORT)
-    url = f"amqp://guest:guest@{HOST}:{PORT}/{vhost}?namespace=t{uuid.uuid4().hex[:12]}"
-    yield url
-    with anyio.CancelScope(shield=True):
-        broker = AmqpBroker(url)
-        await broker.connect()
-        try:
-            await broker.drop_namespace()
-        finally:
-            await broker.close()
+def amqp_url(vhost: str) -> Iterator[str]:
+    """A fresh namespace on the shared server (in this session's vhost), deleted afterwards."""
+    with amqp_namespace(vhost) as url:
+        yield url
 
 
 class TestAmqpBroker(BrokerConformance):
-    @pytest.fixture
-    def broker_url(self, amqp_url: str) -> str:
-        return amqp_url
+    broker_url = returning("amqp_url")
 
 
 # -- a node of our own, for restarts and crashes ----------------------------------------
@@ -94,9 +74,7 @@ class TestAmqpBroker(BrokerConformance):
 def own_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
     binary = rabbitmq_server_binary()
     if binary is None:
-        if os.environ.get("CELERIAC_REQUIRE_SERVICES") == "1":
-            pytest.fail("rabbitmq-server is not installed and CELERIAC_REQUIRE_SERVICES=1")
-        pytest.skip("rabbitmq-server is not installed here")
+        unavailable("rabbitmq-server is not installed here")
     node = RabbitServer(tmp_path_factory.mktemp("rabbitmq"), binary)
     node.start()
     try:
@@ -131,9 +109,7 @@ async def test_confirmed_messages_survive_a_crash_of_the_server(
     early = [Outgoing("q", uuid.uuid4().hex, b"early", priority=n) for n in range(9)]
     sent = [Outgoing("q", uuid.uuid4().hex, b"%d" % n, priority=n % 9) for n in range(50)]
     fresh = Outgoing("q", uuid.uuid4().hex, b"fresh", priority=9)
-    broker = open_broker(url, Hub())
-    await broker.connect()
-    try:
+    async with connected(open_broker(url, Hub())) as (broker,):
         await broker.publish(early)
         await anyio.sleep(2.5)  # well past the window
         await broker.publish(sent)
@@ -151,8 +127,6 @@ async def test_confirmed_messages_survive_a_crash_of_the_server(
                     continue
                 await broker.ack(deliveries)
                 got.update(d.id for d in deliveries)
-    finally:
-        await broker.close()
     assert got - {fresh.id} == wanted
 
 
@@ -161,12 +135,8 @@ async def test_confirmed_messages_survive_a_crash_of_the_server(
 
 @pytest.fixture
 async def broker(amqp_url: str) -> AsyncIterator[AmqpBroker]:
-    broker = AmqpBroker(amqp_url)
-    await broker.connect()
-    try:
+    async with connected(AmqpBroker(amqp_url)) as (broker,):
         yield broker
-    finally:
-        await broker.close()
 
 
 async def test_a_delivery_from_a_lost_connection_is_fenced(broker: AmqpBroker) -> None:
@@ -191,16 +161,12 @@ async def test_a_delivery_from_a_lost_connection_is_fenced(broker: AmqpBroker) -
 
 async def test_rabbitmq_dead_letters_a_message_past_its_delivery_limit(amqp_url: str) -> None:
     url = with_options(amqp_url, delivery_limit=1)
-    for _ in range(2):  # two consumers die holding it: returned twice
-        consumer = AmqpBroker(url)
-        await consumer.connect()
-        if _ == 0:
-            await consumer.publish([Outgoing("q", "poison", b"boom")])
-        assert [d.id for d in await consumer.fetch(["q"], 1, 2.0)] == ["poison"]
-        await consumer.close()
-    reader = AmqpBroker(url)
-    await reader.connect()
-    try:
+    for n in range(2):  # two consumers die holding it: returned twice
+        async with connected(AmqpBroker(url)) as (consumer,):
+            if n == 0:
+                await consumer.publish([Outgoing("q", "poison", b"boom")])
+            assert [d.id for d in await consumer.fetch(["q"], 1, 2.0)] == ["poison"]
+    async with connected(AmqpBroker(url)) as (reader,):
         with anyio.fail_after(10):
             while not (letters := await reader.dead_letters()):
                 await anyio.sleep(0.05)
@@ -208,8 +174,6 @@ async def test_rabbitmq_dead_letters_a_message_past_its_delivery_limit(amqp_url:
             ("poison", "q", b"boom", "RabbitMQ: delivery_limit")
         ]
         assert await reader.fetch(["q"], 1, 0.2) == []
-    finally:
-        await reader.close()
 
 
 async def test_a_delay_is_kept_to_the_tick_whatever_else_waits(broker: AmqpBroker) -> None:
@@ -260,39 +224,7 @@ async def test_publish_fetch_ack_throughput(
         )
 
 
-# -- an app on RabbitMQ -----------------------------------------------------------------
-
-
-@asynccontextmanager
-async def _worker(app: App) -> AsyncIterator[Worker]:
-    worker = app.worker(grace=2.0, heartbeat=0.2)
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        async with app:
-            yield worker
-        worker.request_stop()
-        await worker.wait_stopped()
-
-
-async def test_an_app_runs_every_kind_of_task_through_a_worker_on_rabbitmq(
-    amqp_url: str, tmp_path: Path
-) -> None:
-    # RabbitMQ keeps no results: the app names a sink of its own.
-    app = make_app(amqp_url, sinks={"default": f"sqlite:///{tmp_path}/results.db"})
-    log = tmp_path / "log"
-    async with _worker(app):
-        assert await app.send_task("basic.add", (1, 2)) == 3
-        assert await app.send_task("basic.boxed_mul", (5, 6)) == 30
-        started = anyio.current_time()
-        assert await app.send_task("basic.add", (1, 1), countdown=0.4) == 2
-        assert anyio.current_time() - started >= 0.35
-        revoked = app.send_task("basic.record", (str(log), "x"), countdown=0.3)
-        await revoked.revoke_async()
-        with pytest.raises(TaskRevoked):
-            await revoked.get_async(timeout=3)
-        results = [app.send_task("basic.add", (n, n)) for n in range(200)]
-        assert [await r.get_async(timeout=10) for r in results] == [2 * n for n in range(200)]
-    assert not log.exists()
+# -- an app on RabbitMQ (its scenarios: tests/worker/test_every_broker.py) -------------
 
 
 def test_an_app_on_rabbitmq_needs_a_sink_of_its_own() -> None:

@@ -7,82 +7,46 @@ runs on a nats-server of its own (:mod:`server_nats`).
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import statistics
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
 import nats
-import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy
-from tests.apps.basic import make_app
+from tests.brokers._scenarios import (
+    check_a_delayed_message_comes_soon_after_its_eta,
+    check_a_waiting_fetch_and_wait_wake_within_milliseconds,
+)
+from tests.brokers._server import spare_port
+from tests.brokers._shared import NATS_HOST, NATS_PORT, connected, nats_namespace, returning
 from tests.brokers.server_nats import NatsServer, nats_server_binary
 
-from celeriac import App, TaskRevoked, Worker
-from celeriac.abc import Outgoing, QueueStats, StoredDocument
+from celeriac.abc import Outgoing, QueueStats
 from celeriac.brokers import Hub, open_broker
 from celeriac.brokers._nats import token, untoken
 from celeriac.brokers.nats import NatsBroker
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.sinks.nats import NatsSink
-from celeriac.testing.conformance import BrokerConformance, SinkConformance, require_service
+from celeriac.testing.conformance import BrokerConformance, SinkConformance
 from celeriac.testing.restart import ServerRestartConformance
-
-HOST, PORT = "127.0.0.1", 4222
-
-
-def _drop_namespace(namespace: str) -> None:
-    """Delete the streams of ``namespace`` on the shared server (in a thread: no loop here)."""
-
-    async def drop() -> None:
-        nc = await nats.connect(f"nats://{HOST}:{PORT}")
-        try:
-            js = nc.jetstream()
-            for stream in ("tasks", "delayed", "dead"):
-                try:
-                    await js.delete_stream(f"{namespace}_{stream}")
-                except nats.js.errors.NotFoundError:
-                    pass
-            for bucket in ("revoked", "workers", "results"):
-                try:
-                    await js.delete_stream(f"KV_{namespace}_{bucket}")
-                except nats.js.errors.NotFoundError:
-                    pass
-        finally:
-            await nc.close()
-
-    thread = threading.Thread(target=asyncio.run, args=(drop(),))
-    thread.start()
-    thread.join(30)
 
 
 @pytest.fixture
 def nats_url() -> Iterator[str]:
     """A URL on the shared NATS server with a namespace of this test's own."""
-    require_service("nats", HOST, PORT)
-    namespace = f"t{uuid.uuid4().hex[:12]}"
-    yield f"nats://{HOST}:{PORT}/?namespace={namespace}"
-    _drop_namespace(namespace)
+    with nats_namespace() as url:
+        yield url
 
 
 class TestNatsBroker(BrokerConformance):
-    @pytest.fixture
-    def broker_url(self, nats_url: str) -> str:
-        return nats_url
+    broker_url = returning("nats_url")
 
 
 class TestNatsSink(SinkConformance):
-    @pytest.fixture
-    def sink_url(self, nats_url: str) -> str:
-        return nats_url
+    sink_url = returning("nats_url")
 
 
 class TestNatsServerRestart(ServerRestartConformance):
@@ -152,10 +116,7 @@ def test_names_of_any_characters_become_subject_tokens_reversibly() -> None:
 
 @pytest.mark.anyio
 async def test_an_unreachable_server_is_a_broker_error() -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    broker = open_broker(f"nats://127.0.0.1:{port}/?connect_timeout=0.3", Hub())
+    broker = open_broker(f"nats://127.0.0.1:{spare_port()}/?connect_timeout=0.3", Hub())
     started = time.monotonic()
     with pytest.raises(BrokerError, match="no NATS server answered"):
         await broker.connect()
@@ -167,18 +128,14 @@ async def test_an_unreachable_server_is_a_broker_error() -> None:
 
 @pytest.fixture
 async def broker(nats_url: str) -> AsyncIterator[NatsBroker]:
-    broker = NatsBroker(nats_url)
-    await broker.connect()
-    try:
+    async with connected(NatsBroker(nats_url)) as (broker,):
         yield broker
-    finally:
-        await broker.close()
 
 
 @pytest.fixture
 async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
     """A plain JetStream client on the shared server, to look at what the broker wrote."""
-    nc = await nats.connect(f"nats://{HOST}:{PORT}")
+    nc = await nats.connect(f"nats://{NATS_HOST}:{NATS_PORT}")
     try:
         yield nc.jetstream()
     finally:
@@ -250,9 +207,8 @@ async def test_queue_names_and_ids_of_any_characters(broker: NatsBroker) -> None
 async def test_a_message_delivered_max_deliveries_times_is_dead_lettered(
     nats_url: str,
 ) -> None:
-    broker = NatsBroker(f"{nats_url}&visibility_timeout=0.2&max_deliveries=2")
-    await broker.connect()
-    try:
+    url = f"{nats_url}&visibility_timeout=0.2&max_deliveries=2"
+    async with connected(NatsBroker(url)) as (broker,):
         await broker.publish([Outgoing("q", "poison", b"boom")])
         for n in (1, 2):  # a consumer that dies each time: the lease runs out
             [d] = await broker.fetch(["q"], 1, 3.0)
@@ -262,8 +218,6 @@ async def test_a_message_delivered_max_deliveries_times_is_dead_lettered(
         assert (letter.id, letter.body, letter.deliveries) == ("poison", b"boom", 3)
         assert "max_deliveries=2" in letter.reason
         assert (await broker.stats())["q"] == QueueStats(ready=0, delayed=0, in_flight=0)
-    finally:
-        await broker.close()
 
 
 @pytest.mark.anyio
@@ -278,84 +232,9 @@ async def test_deliveries_count_on_across_a_delayed_nack(broker: NatsBroker) -> 
 @pytest.mark.anyio
 async def test_a_delayed_message_comes_soon_after_its_eta(broker: NatsBroker) -> None:
     # The server hands a nak'ed message back at its delay: no polling on our side.
-    late: list[float] = []
-    for n in range(3):
-        eta = time.time() + 0.15
-        await broker.publish([Outgoing("q", str(n), b"", eta=eta)])
-        [d] = await broker.fetch(["q"], 1, 2.0)
-        late.append(time.time() - eta)
-        await broker.ack([d])
-    assert min(late) >= 0
-    assert statistics.median(late) < 0.05
+    await check_a_delayed_message_comes_soon_after_its_eta(broker)
 
 
 @pytest.mark.anyio
 async def test_a_waiting_fetch_and_wait_wake_within_milliseconds(nats_url: str) -> None:
-    consumer, producer = NatsBroker(nats_url), NatsBroker(nats_url)
-    waiter, writer = NatsSink(nats_url), NatsSink(nats_url)
-    for backend in (consumer, producer, waiter, writer):
-        await backend.connect()
-    fetched: list[float] = []
-    woken: list[float] = []
-
-    async def consume() -> None:
-        while len(fetched) < 15:
-            [d] = await consumer.fetch(["q"], 1, 5.0)
-            fetched.append(time.time() - float(d.body))
-            await consumer.ack([d])
-
-    async def wait() -> None:
-        for n in range(15):
-            found = await waiter.wait([f"doc-{n}"], 5.0, frozenset({"SUCCESS"}))
-            woken.append(time.time() - float(found[f"doc-{n}"].body))
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            tg.start_soon(wait)
-            for n in range(15):
-                await anyio.sleep(0.01)
-                now = str(time.time()).encode()
-                await producer.publish([Outgoing("q", str(n), now)])
-                await writer.store([StoredDocument(f"doc-{n}", "SUCCESS", now)], ttl=60)
-    finally:
-        for backend in (consumer, producer, waiter, writer):
-            await backend.close()
-    assert statistics.median(fetched) < 0.02
-    assert statistics.median(woken) < 0.02
-
-
-# -- an app on NATS -------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def _worker(app: App) -> AsyncIterator[Worker]:
-    worker = app.worker(grace=2.0, heartbeat=0.2)
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        async with app:
-            yield worker
-        worker.request_stop()
-        await worker.wait_stopped()
-
-
-@pytest.mark.anyio
-async def test_an_app_runs_every_kind_of_task_through_a_worker_on_nats(
-    nats_url: str, tmp_path: Path
-) -> None:
-    app = make_app(nats_url)  # results in the same namespace's key-value bucket
-    log = tmp_path / "log"
-    async with _worker(app):
-        assert await app.send_task("basic.add", (1, 2)) == 3
-        assert await app.send_task("basic.mul", (3, 4)) == 12
-        assert await app.send_task("basic.boxed_mul", (5, 6)) == 30
-        started = anyio.current_time()
-        assert await app.send_task("basic.add", (1, 1), countdown=0.4) == 2
-        assert anyio.current_time() - started >= 0.35
-        revoked = app.send_task("basic.record", (str(log), "x"), countdown=0.3)
-        await revoked.revoke_async()
-        with pytest.raises(TaskRevoked):
-            await revoked.get_async(timeout=3)
-        results = [app.send_task("basic.add", (n, n)) for n in range(200)]
-        assert [await r.get_async(timeout=10) for r in results] == [2 * n for n in range(200)]
-    assert not log.exists()
+    await check_a_waiting_fetch_and_wait_wake_within_milliseconds(nats_url)

@@ -10,92 +10,51 @@ cluster of this module's own (see ``server_postgres.py``).
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
-import asyncpg  # type: ignore[import-untyped]
 import pytest
+from tests.brokers._shared import (
+    POSTGRES_URL,
+    connected,
+    postgres_schema,
+    postgres_sql,
+    returning,
+    unavailable,
+)
 from tests.brokers.server_postgres import PostgresServer, available
 
-from celeriac.abc import Delivery, Outgoing, StoredDocument
+from celeriac.abc import Broker, DataSink, Delivery, Outgoing, StoredDocument
 from celeriac.brokers import Hub, open_broker
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.sinks import open_sink
-from celeriac.testing.conformance import (
-    BrokerConformance,
-    SinkConformance,
-    require_service,
-    with_options,
-)
+from celeriac.testing.conformance import BrokerConformance, SinkConformance, with_options
 from celeriac.testing.restart import ServerRestartConformance
-
-BASE_URL = os.environ.get("CELERIAC_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _sql(statement: str) -> Any:
-    """Run one statement on the shared server and return its first value.
-
-    It runs in a thread of its own with its own asyncio loop, so it serves sync
-    fixtures and tests on any event loop alike.
-    """
-    outcome: list[Any] = []
-
-    async def go() -> Any:
-        conn = await asyncpg.connect(BASE_URL)
-        try:
-            return await conn.fetchval(statement)
-        finally:
-            await conn.close()
-
-    def run() -> None:
-        try:
-            outcome.append(asyncio.run(go()))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
 
 
 @pytest.fixture
 def schema() -> Iterator[str]:
     """A schema name of this test's own, dropped (with everything in it) afterwards."""
-    parts = urlsplit(BASE_URL)
-    require_service("postgresql", parts.hostname or "127.0.0.1", parts.port or 5432)
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    yield name
-    _sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    with postgres_schema() as name:
+        yield name
 
 
 @pytest.fixture
 def url(schema: str) -> str:
     """The shared server, this test's schema, and no help from the safety poll."""
-    return with_options(BASE_URL, schema=schema, poll_interval=30)
+    return with_options(POSTGRES_URL, schema=schema, poll_interval=30)
 
 
 class TestPostgresBroker(BrokerConformance):
-    @pytest.fixture
-    def broker_url(self, url: str) -> str:
-        return url
+    broker_url = returning("url")
 
 
 class TestPostgresSink(SinkConformance):
-    @pytest.fixture
-    def sink_url(self, url: str) -> str:
-        return url
+    sink_url = returning("url")
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +62,7 @@ def own_server() -> Iterator[PostgresServer]:
     """A cluster of this module's own (one initdb for all the restart cases)."""
     reason = available()
     if reason is not None:
-        if os.environ.get("CELERIAC_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"cannot start a PostgreSQL server of our own: {reason}")
-        pytest.skip(f"cannot start a PostgreSQL server of our own: {reason}")
+        unavailable(f"cannot start a PostgreSQL server of our own: {reason}")
     # A short lease: a claim whose reply was lost in the crash comes back quickly.
     server = PostgresServer("visibility_timeout=2")
     try:
@@ -138,50 +95,45 @@ async def test_a_waiting_fetch_and_wait_ride_out_a_server_restart(
     server = running_server
     url = with_options(server.url, schema=f"s_{uuid.uuid4().hex[:8]}")
     hub = Hub()
-    consumer, producer = open_broker(url, hub), open_broker(url, hub)
-    reader, writer = open_sink(url, hub), open_sink(url, hub)
-    for backend in (consumer, producer, reader, writer):
-        await backend.connect()
     got: list[Delivery] = []
     found: dict[str, StoredDocument] = {}
 
-    async def fetch() -> None:
+    async def fetch(consumer: Broker) -> None:
         got.extend(await consumer.fetch(["q"], 10, 20.0))
 
-    async def wait() -> None:
+    async def wait(reader: DataSink) -> None:
         found.update(await reader.wait(["doc"], 20.0, frozenset({"SUCCESS"})))
 
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(fetch)
-            tg.start_soon(wait)
-            await anyio.sleep(0.2)
-            await anyio.to_thread.run_sync(server.stop)
-            await anyio.sleep(1.0)
-            await anyio.to_thread.run_sync(server.start)
-            with anyio.fail_after(15):
-                while True:
-                    try:
-                        await producer.publish([Outgoing("q", "m", b"after the restart")])
-                        await writer.store([StoredDocument("doc", "SUCCESS", b"{}")], None)
-                        break
-                    except BrokerError:
-                        await anyio.sleep(0.05)
-    finally:
-        with anyio.CancelScope(shield=True):
-            for backend in (consumer, producer, reader, writer):
-                await backend.close()
+    async with (
+        connected(open_broker(url, hub), open_broker(url, hub)) as (consumer, producer),
+        connected(open_sink(url, hub), open_sink(url, hub)) as (reader, writer),
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(fetch, consumer)
+        tg.start_soon(wait, reader)
+        await anyio.sleep(0.2)
+        await anyio.to_thread.run_sync(server.stop)
+        await anyio.sleep(1.0)
+        await anyio.to_thread.run_sync(server.start)
+        with anyio.fail_after(15):
+            while True:
+                try:
+                    await producer.publish([Outgoing("q", "m", b"after the restart")])
+                    await writer.store([StoredDocument("doc", "SUCCESS", b"{}")], None)
+                    break
+                except BrokerError:
+                    await anyio.sleep(0.05)
     assert [d.body for d in got] == [b"after the restart"]
     assert list(found) == ["doc"]
 
 
 async def test_options_are_checked_before_connecting() -> None:
     with pytest.raises(ConfigurationError, match="unknown option"):
-        open_broker(f"{BASE_URL}?visibility_timout=3", Hub())
+        open_broker(f"{POSTGRES_URL}?visibility_timout=3", Hub())
     with pytest.raises(ConfigurationError, match="schema"):
-        open_broker(f"{BASE_URL}?schema=" + "x" * 64, Hub())
+        open_broker(f"{POSTGRES_URL}?schema=" + "x" * 64, Hub())
     with pytest.raises(ConfigurationError, match="pool_size"):
-        open_sink(f"{BASE_URL}?pool_size=0", Hub())
+        open_sink(f"{POSTGRES_URL}?pool_size=0", Hub())
 
 
 async def test_an_unreachable_server_is_a_broker_error_that_hides_the_password() -> None:
@@ -207,22 +159,21 @@ async def test_the_schema_is_created_once_with_its_version(url: str, schema: str
     await sink.connect()
     await sink.close()
     query = f"SELECT value FROM \"{schema}\".celeriac_meta WHERE key = 'schema'"
-    assert await anyio.to_thread.run_sync(_sql, query) == "1"
+    assert await anyio.to_thread.run_sync(postgres_sql, query) == "1"
 
 
 async def test_a_schema_of_a_newer_version_is_refused(url: str, schema: str) -> None:
     broker = open_broker(url, Hub())
     await broker.connect()
     await broker.close()
-    await anyio.to_thread.run_sync(_sql, f"UPDATE \"{schema}\".celeriac_meta SET value = '99'")
+    update = f"UPDATE \"{schema}\".celeriac_meta SET value = '99'"
+    await anyio.to_thread.run_sync(postgres_sql, update)
     with pytest.raises(BrokerError, match="newer"):
         await broker.connect()
 
 
 async def test_thousands_of_messages_move_in_one_publish_and_one_fetch(url: str) -> None:
-    broker = open_broker(url, Hub())
-    await broker.connect()
-    try:
+    async with connected(open_broker(url, Hub())) as (broker,):
         sent = [Outgoing("q", f"m{n}", b"x", priority=n % 3) for n in range(3000)]
         await broker.publish(sent)
         got = await broker.fetch(["q"], 3000, 1.0)
@@ -230,18 +181,12 @@ async def test_thousands_of_messages_move_in_one_publish_and_one_fetch(url: str)
         assert [d.priority for d in got] == sorted((d.priority for d in got), reverse=True)
         await broker.ack(got)
         assert (await broker.stats())["q"].ready == 0
-    finally:
-        await broker.close()
 
 
 async def test_a_delayed_message_wakes_its_fetch_without_polling(url: str) -> None:
-    broker = open_broker(url, Hub())
-    await broker.connect()
-    try:
+    async with connected(open_broker(url, Hub())) as (broker,):
         await broker.publish([Outgoing("q", "later", b"x", eta=time.time() + 0.4)])
         started = time.monotonic()
         [d] = await broker.fetch(["q"], 1, 10.0)  # the safety poll is 30 s
         assert 0.3 <= time.monotonic() - started < 1.5
         assert d.id == "later"
-    finally:
-        await broker.close()

@@ -8,61 +8,42 @@ of its own (:mod:`server_redis`).
 from __future__ import annotations
 
 import shutil
-import socket
-import statistics
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
 import pytest
 import redis
-from tests.apps.basic import make_app
+from tests.brokers._scenarios import (
+    check_a_delayed_message_comes_soon_after_its_eta,
+    check_a_waiting_fetch_and_wait_wake_within_milliseconds,
+)
+from tests.brokers._server import spare_port
+from tests.brokers._shared import REDIS_HOST, REDIS_PORT, connected, redis_namespace, returning
 from tests.brokers.server_redis import RedisServer, make_certificates, redis_server_binary
 
-from celeriac import App, TaskRevoked, Worker
 from celeriac.abc import Outgoing, StoredDocument
 from celeriac.brokers import Hub, open_broker
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.sinks.redis import RedisSink
-from celeriac.testing.conformance import BrokerConformance, SinkConformance, require_service
+from celeriac.testing.conformance import BrokerConformance, SinkConformance
 from celeriac.testing.restart import ServerRestartConformance
-
-HOST, PORT = "127.0.0.1", 6379
-
-
-def _drop_keys(prefix: str) -> None:
-    client = redis.Redis(host=HOST, port=PORT, db=0)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A URL on the shared Redis with a key prefix of this test's own."""
-    require_service("redis", HOST, PORT)
-    prefix = f"celeriac-test-{uuid.uuid4().hex[:12]}"
-    yield f"redis://{HOST}:{PORT}/0?prefix={prefix}"
-    _drop_keys(prefix)
+    with redis_namespace() as url:
+        yield url
 
 
 class TestRedisBroker(BrokerConformance):
-    @pytest.fixture
-    def broker_url(self, redis_url: str) -> str:
-        return redis_url
+    broker_url = returning("redis_url")
 
 
 class TestRedisSink(SinkConformance):
-    @pytest.fixture
-    def sink_url(self, redis_url: str) -> str:
-        return redis_url
+    sink_url = returning("redis_url")
 
 
 class TestRedisServerRestart(ServerRestartConformance):
@@ -117,10 +98,7 @@ def test_bad_urls_are_configuration_errors(url: str, message: str) -> None:
 
 @pytest.mark.anyio
 async def test_an_unreachable_server_is_a_broker_error_after_retry_timeout() -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    broker = open_broker(f"redis://127.0.0.1:{port}/0?retry_timeout=0.3", Hub())
+    broker = open_broker(f"redis://127.0.0.1:{spare_port()}/0?retry_timeout=0.3", Hub())
     started = time.monotonic()
     with pytest.raises(BrokerError, match="unreachable") as info:
         await broker.connect()
@@ -133,18 +111,14 @@ async def test_an_unreachable_server_is_a_broker_error_after_retry_timeout() -> 
 
 @pytest.fixture
 async def broker(redis_url: str) -> AsyncIterator[RedisBroker]:
-    broker = RedisBroker(redis_url)
-    await broker.connect()
-    try:
+    async with connected(RedisBroker(redis_url)) as (broker,):
         yield broker
-    finally:
-        await broker.close()
 
 
 @pytest.fixture
 def plain(redis_url: str) -> Iterator[redis.Redis]:
     """A plain client on the shared Redis, to look at what the broker wrote."""
-    client = redis.Redis(host=HOST, port=PORT, db=0)
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
     yield client
     client.close()
 
@@ -199,88 +173,16 @@ async def test_closing_removes_the_consumer_when_it_holds_nothing(
 
 @pytest.mark.anyio
 async def test_a_waiting_fetch_and_wait_wake_within_milliseconds(redis_url: str) -> None:
-    consumer, producer = RedisBroker(redis_url), RedisBroker(redis_url)
-    waiter, writer = RedisSink(redis_url), RedisSink(redis_url)
-    for backend in (consumer, producer, waiter, writer):
-        await backend.connect()
-    fetched: list[float] = []
-    woken: list[float] = []
-
-    async def consume() -> None:
-        while len(fetched) < 15:
-            [d] = await consumer.fetch(["q"], 1, 5.0)
-            fetched.append(time.time() - float(d.body))
-            await consumer.ack([d])
-
-    async def wait() -> None:
-        for n in range(15):
-            found = await waiter.wait([f"doc-{n}"], 5.0, frozenset({"SUCCESS"}))
-            woken.append(time.time() - float(found[f"doc-{n}"].body))
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            tg.start_soon(wait)
-            for n in range(15):
-                await anyio.sleep(0.01)
-                now = str(time.time()).encode()
-                await producer.publish([Outgoing("q", str(n), now)])
-                await writer.store([StoredDocument(f"doc-{n}", "SUCCESS", now)], ttl=60)
-    finally:
-        for backend in (consumer, producer, waiter, writer):
-            await backend.close()
-    assert statistics.median(fetched) < 0.02
-    assert statistics.median(woken) < 0.02
+    await check_a_waiting_fetch_and_wait_wake_within_milliseconds(redis_url)
 
 
 @pytest.mark.anyio
 async def test_a_delayed_message_comes_soon_after_its_eta(broker: RedisBroker) -> None:
     # The server ends a blocking read only on its cron tick (100 ms); we must not.
-    late: list[float] = []
-    for n in range(3):
-        eta = time.time() + 0.15
-        await broker.publish([Outgoing("q", str(n), b"", eta=eta)])
-        [d] = await broker.fetch(["q"], 1, 2.0)
-        late.append(time.time() - eta)
-        await broker.ack([d])
-    assert min(late) >= 0
-    assert statistics.median(late) < 0.05
+    await check_a_delayed_message_comes_soon_after_its_eta(broker)
 
 
-# -- an app on Redis ------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def _worker(app: App) -> AsyncIterator[Worker]:
-    worker = app.worker(grace=2.0, heartbeat=0.2)
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        async with app:
-            yield worker
-        worker.request_stop()
-        await worker.wait_stopped()
-
-
-@pytest.mark.anyio
-async def test_an_app_runs_every_kind_of_task_through_a_worker_on_redis(
-    redis_url: str, tmp_path: Path
-) -> None:
-    app = make_app(redis_url)
-    log = tmp_path / "log"
-    async with _worker(app):
-        assert await app.send_task("basic.add", (1, 2)) == 3
-        assert await app.send_task("basic.mul", (3, 4)) == 12
-        assert await app.send_task("basic.boxed_mul", (5, 6)) == 30
-        started = anyio.current_time()
-        assert await app.send_task("basic.add", (1, 1), countdown=0.4) == 2
-        assert anyio.current_time() - started >= 0.35
-        revoked = app.send_task("basic.record", (str(log), "x"), countdown=0.3)
-        await revoked.revoke_async()
-        with pytest.raises(TaskRevoked):
-            await revoked.get_async(timeout=3)
-        results = [app.send_task("basic.add", (n, n)) for n in range(200)]
-        assert [await r.get_async(timeout=10) for r in results] == [2 * n for n in range(200)]
-    assert not log.exists()
+# -- TLS ----------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -291,18 +193,15 @@ async def test_rediss_speaks_tls_and_checks_the_server_certificate(tmp_path: Pat
     certs = make_certificates(tmp_path / "certs")
     options = f"ssl_ca_certs={certs / 'ca.crt'}&retry_timeout=0.5"
     with RedisServer(tmp_path, binary, options=options, tls=certs) as server:
-        broker, sink = RedisBroker(server.url), RedisSink(server.url)
-        await broker.connect()
-        await sink.connect()
-        try:
+        async with (
+            connected(RedisBroker(server.url)) as (broker,),
+            connected(RedisSink(server.url)) as (sink,),
+        ):
             await broker.publish([Outgoing("q", "m", b"secret")])
             [d] = await broker.fetch(["q"], 1, 1.0)
             await sink.store([StoredDocument("m", "SUCCESS", b"42")], ttl=60)
             await broker.ack([d])
             assert (await sink.get(["m"]))["m"].body == b"42"
-        finally:
-            await broker.close()
-            await sink.close()
         untrusted = RedisBroker(f"rediss://127.0.0.1:{server.port}/0?retry_timeout=0.2")
         with pytest.raises(BrokerError, match=r"(?i)certificate"):
             await untrusted.connect()

@@ -1,109 +1,86 @@
-"""Isolated broker URLs for worker tests, one factory per backend.
+"""Isolated backends for worker tests, one factory per broker.
 
-Each factory yields a URL naming a fresh namespace (a file, a key prefix, a
-schema...) on the shared service and cleans it up afterwards. A backend whose
-server is not reachable is skipped (failed with CELERIAC_REQUIRE_SERVICES=1).
+Each factory is a context manager that yields a :class:`Backend`: a broker URL
+naming a fresh namespace (a file, a key prefix, a schema...) on the shared
+service, and the result sinks an app on it needs. It cleans the namespace up
+afterwards. A backend whose server is not reachable is skipped (failed with
+CELERIAC_REQUIRE_SERVICES=1): see :mod:`tests.brokers._shared`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import threading
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import pytest
+from tests.brokers._shared import (
+    POSTGRES_URL,
+    amqp_namespace,
+    nats_namespace,
+    postgres_schema,
+    redis_namespace,
+)
 
-from celeriac.testing.conformance import require_service
-
-
-def _in_thread(fn: Callable[[], Any]) -> Any:
-    """Run an asyncio coroutine factory to completion in a thread of its own."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(asyncio.run(fn()))
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
+from celeriac.testing.conformance import with_options
 
 
-def _need_module(name: str) -> None:
-    if importlib.util.find_spec(f"celeriac.brokers.{name}") is None:
-        pytest.skip(f"celeriac.brokers.{name} is not built yet")
+@dataclass(frozen=True)
+class Backend:
+    """A broker URL of a test's own, and the sinks an app on it is given."""
+
+    url: str
+    sinks: dict[str, str] = field(default_factory=dict)
+
+
+Factory = Callable[[Path], AbstractContextManager[Backend]]
+"""Makes a test's backend (given the test's ``tmp_path``) and cleans it up."""
 
 
 @contextmanager
-def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    yield f"sqlite:///{tmp_path / 'celeriac.db'}"
+def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
+    yield Backend(f"sqlite:///{tmp_path / 'celeriac.db'}")
 
 
 @contextmanager
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    _need_module("redis")
-    require_service("Redis", "127.0.0.1", 6379)
-    prefix = f"t-{uuid.uuid4().hex[:10]}"
-    yield f"redis://127.0.0.1:6379/0?prefix={prefix}"
+def postgres_backend(tmp_path: Path) -> Iterator[Backend]:
+    with postgres_schema() as schema:
+        yield Backend(with_options(POSTGRES_URL, schema=schema))
 
-    async def clean() -> None:
-        import redis.asyncio as aioredis
 
-        client = aioredis.Redis(host="127.0.0.1", port=6379, db=0)
-        try:
-            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+def results_beside(namespace: Callable[[], AbstractContextManager[str]]) -> Factory:
+    """The factory of a broker that keeps results itself, in the namespace it is given."""
 
-    _in_thread(clean)
+    @contextmanager
+    def factory(tmp_path: Path) -> Iterator[Backend]:
+        with namespace() as url:
+            yield Backend(url)
+
+    return factory
 
 
 @contextmanager
-def postgres_url(tmp_path: Path) -> Iterator[str]:
-    _need_module("postgres")
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    base = "postgresql://postgres@127.0.0.1:5432/test"
-    yield f"{base}?schema={schema}"
-
-    async def drop() -> None:
-        import asyncpg  # type: ignore[import-untyped]
-
-        conn = await asyncpg.connect(base)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    _in_thread(drop)
+def amqp_backend(tmp_path: Path) -> Iterator[Backend]:
+    """RabbitMQ keeps no results: they go to a Redis key prefix of the test's own."""
+    with amqp_namespace() as url, redis_namespace() as results:
+        yield Backend(url, sinks={"default": results})
 
 
-@contextmanager
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    _need_module("nats")
-    require_service("NATS", "127.0.0.1", 4222)
-    from tests.brokers.test_nats import _drop_namespace
-
-    namespace = f"t{uuid.uuid4().hex[:12]}"
-    yield f"nats://127.0.0.1:4222/?namespace={namespace}"
-    _drop_namespace(namespace)
-
-
-FACTORIES: dict[str, Callable[[Path], Any]] = {
-    "sqlite": sqlite_url,
-    "redis": redis_url,
-    "postgres": postgres_url,
-    "nats": nats_url,
+FACTORIES: dict[str, Factory] = {
+    "sqlite": sqlite_backend,
+    "redis": results_beside(redis_namespace),
+    "postgres": postgres_backend,
+    "nats": results_beside(nats_namespace),
+    "amqp": amqp_backend,
 }
+
+
+@contextmanager
+def short_lease_broker(kind: str, tmp_path: Path, visibility: float) -> Iterator[str]:
+    """A SQLite or Redis broker URL of a test's own whose leases last ``visibility``
+    seconds, so a killed worker's messages come back quickly."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'short-lease.db'}?visibility_timeout={visibility}"
+        return
+    with redis_namespace() as url:
+        yield with_options(url, visibility_timeout=visibility)

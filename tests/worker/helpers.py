@@ -25,24 +25,28 @@ def spawn_worker(
 ) -> subprocess.Popen[bytes]:
     """Start ``celeriac worker`` as a separate process on ``broker``."""
     env = dict(os.environ, CELERIAC_BROKER=broker)
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celeriac",
-            "--log-format",
-            "json",
-            "worker",
-            app,
-            "--loop",
-            loop,
-            *extra,
-        ],
-        env=env,
-        stdout=out,
-        stderr=out,
-    )
+    out = open(log, "ab") if log else None  # noqa: SIM115 - the child gets a copy
+    try:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celeriac",
+                "--log-format",
+                "json",
+                "worker",
+                app,
+                "--loop",
+                loop,
+                *extra,
+            ],
+            env=env,
+            stdout=out or subprocess.DEVNULL,
+            stderr=out or subprocess.DEVNULL,
+        )
+    finally:
+        if out is not None:
+            out.close()
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -12,15 +14,24 @@ from tests.apps.basic import PaymentDeclined, make_app
 from tests.worker.brokers import FACTORIES
 from tests.worker.helpers import lines, worker_process
 
-from celeriac import App, TaskRevoked
+from celeriac import App, TaskRevoked, Worker
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with FACTORIES[request.param](tmp_path) as url:
-        yield url
+def broker_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A broker of this test's own; the sinks it needs are in CELERIAC_SINKS.
+
+    The environment is where both an app made here and the app a worker process
+    imports (``tests.apps.basic:app``) read their settings from.
+    """
+    with FACTORIES[request.param](tmp_path) as backend:
+        if backend.sinks:
+            monkeypatch.setenv("CELERIAC_SINKS", json.dumps(backend.sinks))
+        yield backend.url
 
 
 async def test_every_kind_runs_and_returns_its_result(broker_url: str) -> None:
@@ -68,3 +79,27 @@ def test_sync_caller(broker_url: str) -> None:
             assert app.send_task("basic.mul", (3, 3)).get(timeout=30) == 9
         finally:
             app.close()
+
+
+async def test_a_worker_in_the_callers_loop_runs_every_kind_of_task(
+    broker_url: str,
+    tmp_path: Path,
+    running: Callable[[App], AbstractAsyncContextManager[Worker]],
+) -> None:
+    app = make_app(broker_url)
+    log = tmp_path / "log"
+    async with running(app):
+        with anyio.fail_after(30):
+            assert await app.send_task("basic.add", (1, 2)) == 3
+            assert await app.send_task("basic.mul", (3, 4)) == 12
+            assert await app.send_task("basic.boxed_mul", (5, 6)) == 30
+            started = anyio.current_time()
+            assert await app.send_task("basic.add", (1, 1), countdown=0.4) == 2
+            assert anyio.current_time() - started >= 0.35
+            revoked = app.send_task("basic.record", (str(log), "x"), countdown=0.3)
+            await revoked.revoke_async()
+            with pytest.raises(TaskRevoked):
+                await revoked.get_async(timeout=3)
+            results = [app.send_task("basic.add", (n, n)) for n in range(200)]
+            assert [await r.get_async(timeout=10) for r in results] == [2 * n for n in range(200)]
+    assert not log.exists()

@@ -210,9 +210,14 @@ for p = 9, 0, -1 do
     end
   end
 end
-if n > 0 then return table.concat(out) end
+-- Full batch: more may be waiting, the caller fetches again at once.
+if n >= limit then return table.concat(out) end
+-- Drained: what to wait for next (ms until the first eta or lease deadline, -1
+-- for none, then each queue's signal entry), after the messages if any.
 local wake = nil
 local reply = {-1}
+if n > 0 then reply = {table.concat(out), -1} end
+local base = #reply - 1
 for i, q in ipairs(queues) do
   local keys = {qkey(q) .. ':delayed'}
   for p = 0, 9 do keys[#keys + 1] = stream(q, p) .. ':lease' end
@@ -221,9 +226,9 @@ for i, q in ipairs(queues) do
     if #first > 0 and (wake == nil or tonumber(first[2]) < wake) then wake = tonumber(first[2]) end
   end
   local last = redis.call('XREVRANGE', qkey(q) .. ':signal', '+', '-', 'COUNT', 1)
-  reply[i + 1] = (#last > 0) and last[1][1] or '0-0'
+  reply[base + i + 1] = (#last > 0) and last[1][1] or '0-0'
 end
-if wake then reply[1] = math.max(0, wake - now) end
+if wake then reply[base + 1] = math.max(0, wake - now) end
 return reply
 """
 )
@@ -329,12 +334,16 @@ DEAD_LETTERS = (
     + """
 local ids = redis.call('ZREVRANGE', P .. ':dead:order', 0, tonumber(ARGV[2]) - 1)
 if #ids == 0 then return {} end
-local values = redis.call('HMGET', P .. ':dead', unpack(ids))
 local out = {}
-for i, id in ipairs(ids) do
-  if values[i] then
-    out[#out + 1] = id
-    out[#out + 1] = values[i]
+for c = 1, #ids, 1000 do  -- unpack() takes a few thousand values at most
+  local part = {}
+  for i = c, math.min(c + 999, #ids) do part[#part + 1] = ids[i] end
+  local values = redis.call('HMGET', P .. ':dead', unpack(part))
+  for i, id in ipairs(part) do
+    if values[i] then
+      out[#out + 1] = id
+      out[#out + 1] = values[i]
+    end
   end
 end
 return out

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from celeriac.errors import ConfigurationError
 
-__all__ = ["BackendURL", "scheme_of"]
+__all__ = ["BackendURL", "redact", "scheme_of"]
 
 
 def scheme_of(url: str) -> str:
@@ -22,6 +22,21 @@ def scheme_of(url: str) -> str:
     if not sep or not scheme:
         raise ConfigurationError(f"not a backend URL (expected scheme://...): {url!r}")
     return scheme.lower()
+
+
+def redact(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for messages and logs)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    scheme, _, rest = url.partition("://")
+    location, slash, path = rest.partition("/")
+    user, _, host = location.rpartition("@")
+    name = user.partition(":")[0]
+    return f"{scheme}://{name}:***@{host}{slash}{path}"
 
 
 class BackendURL:

@@ -45,8 +45,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import suppress
 from typing import Any, TypeVar
+
+import anyio
 
 from celeriac.abc import DeadLetter, Delivery, Outgoing, QueueStats, WorkerInfo
 from celeriac.brokers._hub import Hub
@@ -185,8 +186,10 @@ class NatsBroker:
                 left = deadline - time.monotonic()
                 if got or left <= 0:
                     return got
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(left, self.poll_interval))
+                # anyio, not asyncio.wait_for: on 3.11 a cancellation that meets the
+                # timeout can escape wait_for as a bare CancelledError.
+                with anyio.move_on_after(min(left, self.poll_interval)):
+                    await changed.wait()
 
     async def _claim(self, levels: list[list[Level]], limit: int) -> list[Delivery]:
         consumers, records = self._pulls, self._records

@@ -66,6 +66,8 @@ _CHUNK = 1000  # messages per script call: keeps each call to a millisecond or s
 _INFO = msgspec.json.Decoder(WorkerInfo)
 _TIDY_EVERY = 300.0  # seconds between two removals of idle, empty consumers
 _IDLE_CONSUMER_MS = 3_600_000
+#: seconds a drained fetch's signals are trusted before the next fetch claims anyway
+_DRAINED_FOR = 1.0
 
 
 def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
@@ -148,6 +150,18 @@ def _letter(id: bytes, packed: bytes) -> DeadLetter:
     return DeadLetter(id.decode(), queue, body, reason, at, deliveries)
 
 
+class _Drained:
+    """What a fetch that drained its queues says to wait for: signals and a due time."""
+
+    __slots__ = ("due_at", "fresh_until", "signals")
+
+    def __init__(self, names: Sequence[str], reply: Sequence[Any], prefix: str) -> None:
+        now = time.monotonic()
+        self.fresh_until = now + _DRAINED_FOR
+        self.due_at = now + reply[0] / 1000 if reply[0] >= 0 else float("inf")
+        self.signals = {f"{prefix}:q:{q}:signal": c for q, c in zip(names, reply[1:], strict=True)}
+
+
 class RedisBroker:
     """A broker on Redis streams (see the module docstring)."""
 
@@ -162,6 +176,7 @@ class RedisBroker:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._scripts: dict[str, AsyncScript] = {}
         self._fetched: set[str] = set()
+        self._drained: dict[tuple[str, ...], _Drained] = {}
         self._next_tidy = 0.0
 
     def __repr__(self) -> str:
@@ -198,42 +213,62 @@ class RedisBroker:
             await self._script("PUBLISH", b"".join(map(_pack, part)))
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
-        """Claim up to ``limit`` due messages, waiting up to ``timeout`` for the first."""
+        """Claim up to ``limit`` due messages, waiting up to ``timeout`` for the first.
+
+        A fetch that drained its queues also learns what to wait for next (each
+        queue's signal and the first due time), so the following fetch blocks at
+        once instead of spending a round trip to find nothing; that knowledge is
+        trusted for at most :data:`_DRAINED_FOR` seconds.
+        """
         if limit <= 0 or not queues:
             return []
         names = list(dict.fromkeys(queues))
+        key = tuple(names)
         self._fetched.update(names)
         limit = min(limit, _CHUNK)
         deadline = time.monotonic() + timeout
+        drained = self._drained.pop(key, None)
+        if drained is not None and time.monotonic() > drained.fresh_until:
+            drained = None
         while True:
-            reply = await self._claim(names, limit)
-            if isinstance(reply, bytes):
-                return _handed_out(reply, names)
-            left = deadline - time.monotonic()
+            if drained is None:
+                reply = await self._claim(names, limit)
+                if isinstance(reply, bytes):
+                    return _handed_out(reply, names)
+                if isinstance(reply[0], bytes):  # messages, and nothing more is due
+                    self._drained[key] = _Drained(names, reply[1:], self.prefix)
+                    return _handed_out(reply[0], names)
+                drained = _Drained(names, reply, self.prefix)
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
+                self._drained[key] = drained
                 return []
-            if time.monotonic() >= self._next_tidy:
-                self._next_tidy = time.monotonic() + _TIDY_EVERY
+            if now >= self._next_tidy:
+                self._next_tidy = now + _TIDY_EVERY
                 await self._script("TIDY", "", _IDLE_CONSUMER_MS, *names)
-            due_in = reply[0] / 1000 if reply[0] >= 0 else left
-            wait = min(left, self.options.socket_timeout / 2)
+            due_in = drained.due_at - now
             if due_in < 0.001:
-                await anyio.sleep(0.001)
+                await anyio.sleep(max(0.0, due_in))
+                drained = None
                 continue
-            signals = {
-                f"{self.prefix}:q:{q}:signal": c for q, c in zip(names, reply[1:], strict=True)
-            }
-            await self._conn.run(self._block, signals, wait, due_in)
+            wait = min(left, self.options.socket_timeout / 2)
+            # Let the jobs just handed out start (and their results go out) before
+            # this coroutine spends a write on a wait that will not end soon.
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            signalled = await self._conn.run(self._block, drained.signals, wait, due_in)
+            if signalled or time.monotonic() >= drained.due_at:
+                drained = None
 
     @staticmethod
     async def _block(
         client: aioredis.Redis, signals: dict[str, bytes], wait: float, due_in: float
-    ) -> None:
-        """Wait for a signal, at most ``wait`` seconds, or until ``due_in``."""
+    ) -> bool:
+        """Wait for a signal, at most ``wait`` seconds, or until ``due_in``; signalled?"""
         block = max(1, int(wait * 1000))
         if due_in >= wait:
-            await client.xread(signals, count=1, block=block)  # type: ignore[arg-type]
-            return
+            return bool(await client.xread(signals, count=1, block=block))  # type: ignore[arg-type]
         # The server ends a BLOCK only on its next cron tick (1/hz: 100 ms by
         # default), so an eta or lease deadline is kept here: CLIENT UNBLOCK from
         # another connection ends the wait on time, and the connection stays.
@@ -245,8 +280,9 @@ class RedisBroker:
                 await client.client_unblock(me)
 
             tg.start_soon(unblock)
-            await own.xread(signals, count=1, block=block)  # type: ignore[arg-type]
+            got = await own.xread(signals, count=1, block=block)  # type: ignore[arg-type]
             tg.cancel_scope.cancel()
+        return bool(got)
 
     async def _claim(self, names: list[str], limit: int) -> Any:
         # Shielded: once the script has claimed entries, they must reach our

@@ -16,6 +16,7 @@ import click
 
 from celeriac import __version__
 from celeriac.app import App
+from celeriac.cli.dlq import dlq
 from celeriac.cli.loading import AppParam
 from celeriac.cli.running import load_callable, run_worker
 from celeriac.errors import CeleriacError
@@ -139,7 +140,7 @@ def dev(
     grace: float,
     loop: str,
 ) -> None:
-    """Everything in one process: a worker, and your program beside it (the quick start).
+    """Everything in one process: a worker, the periodic scheduler, and your program.
 
     With --run, the function is called with the app once the worker is ready
     (async functions on the worker's loop, others in a thread); when it returns,
@@ -149,6 +150,7 @@ def dev(
         app,
         loop=loop,
         program=load_callable(program) if program else None,
+        periodic=True,
         queues=_csv(queues),
         concurrency=concurrency,
         async_concurrency=async_concurrency,
@@ -158,6 +160,77 @@ def dev(
     )
     app.close()
     sys.exit(code)
+
+
+@main.command()
+@_app_argument()
+@click.option("-n", "--name", help="Scheduler name in claims and logs (default: host:pid:random).")
+@click.option(
+    "--loop",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    show_default=True,
+    help="Event loop.",
+)
+@click.option(
+    "--autoscale-interval",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds between autoscaling samples (0: no autoscaling signals).",
+)
+@click.option(
+    "--min-workers",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Never advise fewer workers.",
+)
+@click.option(
+    "--max-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Never advise more workers.  [default: no bound]",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve the autoscaling signals as Prometheus metrics on this port (needs "
+    "celeriac[metrics]).",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address of the metrics server."
+)
+def scheduler(
+    app: App,
+    name: str | None,
+    loop: str,
+    autoscale_interval: float,
+    min_workers: int,
+    max_workers: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    """Publish periodic tasks on time and autoscaling signals (run several for availability).
+
+    Each tick is published once however many schedulers run; one of them leads
+    the autoscaling signals at a time.
+    """
+    from celeriac.cli.scheduling import Scaling, run_scheduler
+
+    scaling = (
+        Scaling(
+            interval=autoscale_interval,
+            min_workers=min_workers,
+            max_workers=max_workers,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
+        if autoscale_interval > 0
+        else None
+    )
+    sys.exit(run_scheduler(app, loop=loop, name=name, scaling=scaling))
 
 
 def _parse_arg(text: str) -> Any:
@@ -222,6 +295,30 @@ def call(
 
 @main.command()
 @_app_argument()
+@click.argument("task_name")
+def suspend(app: App, task_name: str) -> None:
+    """Suspend a task on every worker: its messages wait until it is resumed."""
+    _suspend(app, task_name, True)
+
+
+@main.command()
+@_app_argument()
+@click.argument("task_name")
+def resume(app: App, task_name: str) -> None:
+    """Resume a task suspended with ``celeriac suspend``."""
+    _suspend(app, task_name, False)
+
+
+def _suspend(app: App, name: str, suspended: bool) -> None:
+    if name not in app.tasks:
+        click.echo(f"warning: {name!r} is not a task of this app (recorded anyway)", err=True)
+    app._bridge.call_sync(app._set_suspended, name, suspended)
+    app.close()
+    click.echo(f"{name}: {'suspended' if suspended else 'resumed'}")
+
+
+@main.command()
+@_app_argument()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(app: App, as_json: bool) -> None:
     """What is queued, what runs, and which workers are alive."""
@@ -265,3 +362,6 @@ def status(app: App, as_json: bool) -> None:
             f"  {w['name']:<40} running {w['running']:>4}  processed {w['processed']:>8}  "
             f"failed {w['failed']:>6}  {w['loop']}  seen {w['seen']}s ago"
         )
+
+
+main.add_command(dlq)

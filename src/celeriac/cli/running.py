@@ -16,6 +16,7 @@ import anyio.to_thread
 import click
 
 from celeriac.app import App
+from celeriac.scheduler.runner import PeriodicScheduler
 from celeriac.worker import Worker
 
 __all__ = ["load_callable", "run_worker"]
@@ -91,9 +92,14 @@ def run_worker(
     *,
     loop: str,
     program: Callable[..., Any] | None = None,
+    periodic: bool = False,
     **options: Any,
 ) -> int:
-    """Run a worker until SIGTERM/SIGINT, or until ``program(app)`` returns."""
+    """Run a worker until SIGTERM/SIGINT, or until ``program(app)`` returns.
+
+    With ``periodic``, a :class:`~celeriac.scheduler.runner.PeriodicScheduler` runs
+    beside it when the app has periodic tasks (``celeriac dev``).
+    """
     exit_code = 0
 
     async def main() -> None:
@@ -102,6 +108,8 @@ def run_worker(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, worker, tg.cancel_scope, early)
             await tg.start(worker.run)
+            if periodic and app.periodics:
+                await tg.start(PeriodicScheduler(app).run)
             if program is not None:
                 try:
                     result = await _run_program(app, program)

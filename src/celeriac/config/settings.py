@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from celeriac.errors import ConfigurationError
+from celeriac.failures.backoff import Retry
 
 __all__ = ["Settings", "load_settings"]
 
@@ -49,6 +50,25 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     """Shorthand for one signing key (key id ``default``)."""
     revoke_ttl: float = 86_400.0
     """Seconds a revocation is remembered."""
+    retry: Retry | None = Retry()
+    """The retry policy of every task that does not name its own; ``None``: no retries."""
+    dedupe_ttl: float = 86_400.0
+    """Seconds a task's dedupe key (``dedupe=``) is remembered."""
+    receiver_store: bool = False
+    """Back the idempotent receiver by the default sink: a message whose run finished is
+    not run again when it is redelivered, to any worker, after any restart (costs two
+    sink operations per task)."""
+    max_deliveries: int = 5
+    """A message handed out more often than this without being settled (its runs keep
+    killing or losing their worker: a poison message) goes to the dead letters."""
+    publisher_backlog: str | None = None
+    """Where messages wait until their broker accepts them: ``None`` (or ``memory://``)
+    keeps them in memory; a file path or ``sqlite:///path.db`` keeps them in a SQLite
+    file, so they survive a crash of the publishing process (see ``docs/publisher.md``)."""
+    coordinator: str | None = None
+    """Where global limits, rate limits and periodic ticks keep their state
+    (``docs/coordination.md``); ``None``: the default sink's URL. An app on NATS or
+    RabbitMQ names one (``redis://``, ``postgresql://``, ``sqlite:///``)."""
 
 
 def _from_module(name: str) -> dict[str, Any]:

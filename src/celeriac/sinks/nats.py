@@ -245,9 +245,9 @@ class NatsSink:
                 left = deadline - time.monotonic()
                 if found or left <= 0:
                     return found
-                try:
-                    await asyncio.wait_for(changed.wait(), left)
-                except TimeoutError:
+                with anyio.move_on_after(left) as waited:  # not wait_for: see brokers/nats.py
+                    await changed.wait()
+                if waited.cancelled_caught:
                     return {}
         finally:
             self._waiters.remove(waiter)

@@ -8,9 +8,10 @@ expired document is absent at once, and :meth:`RedisSink.store_if_absent` uses
 Every batch written also appends one entry to the stream ``P:doc:done`` naming
 the ids and states it wrote (trimmed to the last ten seconds). A
 :meth:`RedisSink.wait` reads what is there, then blocks in ``XREAD BLOCK`` on that
-stream from the entry it had seen, and reads again only when an entry names one
-of its ids in a wanted state: a result stored by any process is seen within a
-round trip, and many results waited for at once cost one blocked connection.
+stream from the entry it had seen. Notifications carry bodies of up to 1 KiB, so a
+waiter woken by one has its document at once; for a larger one it reads the key.
+A result stored by any process is seen within a round trip, and many results
+waited for at once cost one blocked connection.
 
 URL options: those of the Redis broker (:mod:`celeriac.brokers.redis`) except that
 ``visibility_timeout`` is accepted and ignored, so one URL serves both.
@@ -35,6 +36,7 @@ from celeriac.brokers._url import BackendURL
 __all__ = ["RedisSink"]
 
 _WINDOW = 10  # seconds of notifications kept in the done stream
+_CARRY = 1024  # bodies up to this size travel in the notification itself
 
 # ARGV: prefix, ttl ms (0: none), '1' for NX, documents packed as ``>I2c0Bc0I4c0``
 # (id, state, body). The value of a key is ``>Bc0`` (state) followed by the body.
@@ -51,7 +53,10 @@ while pos <= size do
   end
   if nx then args[#args + 1] = 'NX' end
   if redis.call('SET', unpack(args)) then
-    note[#note + 1] = struct.pack('>I2', #id) .. id .. struct.pack('>B', #state) .. state
+    local carried = ''
+    if #body <= {_CARRY} then carried = body end
+    note[#note + 1] = struct.pack('>I2c0Bc0B', #id, id, #state, state, #carried > 0 and 1 or 0)
+    if #carried > 0 then note[#note + 1] = struct.pack('>I4', #carried) .. carried end
   end
 end
 if #note > 0 then
@@ -117,16 +122,24 @@ def _found(blob: bytes) -> dict[str, StoredDocument]:
     return found
 
 
-def _noted(blob: bytes) -> list[tuple[str, str]]:
-    noted: list[tuple[str, str]] = []
+def _noted(blob: bytes) -> list[tuple[str, str, bytes | None]]:
+    """The (id, state, body or None) a notification names; small bodies travel in it."""
+    noted: list[tuple[str, str, bytes | None]] = []
     pos, end = 0, len(blob)
     while pos < end:
         (n,) = _U16.unpack_from(blob, pos)
         id = blob[pos + 2 : pos + 2 + n].decode()
         pos += 2 + n
         size = blob[pos]
-        noted.append((id, blob[pos + 1 : pos + 1 + size].decode()))
+        state = blob[pos + 1 : pos + 1 + size].decode()
         pos += 1 + size
+        body: bytes | None = None
+        if blob[pos]:
+            (length,) = _U32.unpack_from(blob, pos + 1)
+            body = blob[pos + 5 : pos + 5 + length]
+            pos += 4 + length
+        pos += 1
+        noted.append((id, state, body))
     return noted
 
 
@@ -203,8 +216,14 @@ class RedisSink:
         while not found and (left := deadline - time.monotonic()) > 0:
             block = min(left, self.options.socket_timeout / 2, _WINDOW / 2)
             cursor, hits = await self._conn.run(self._next, cursor, block, wanted, states)
-            if hits:
-                found = (await self._lookup(hits, states))[1]
+            missing = []
+            for id, state, body in hits:
+                if body is None:
+                    missing.append(id)
+                else:
+                    found[id] = StoredDocument(id, state, body)
+            if missing:
+                found.update((await self._lookup(missing, states))[1])
         return found
 
     async def _next(
@@ -214,15 +233,19 @@ class RedisSink:
         block: float,
         wanted: set[str],
         states: frozenset[str],
-    ) -> tuple[bytes, list[str]]:
-        """Block for the next notifications; the new cursor and the ids they name."""
+    ) -> tuple[bytes, list[tuple[str, str, bytes | None]]]:
+        """Block for the next notifications; the new cursor and those naming ``wanted``."""
         key = f"{self.prefix}:doc:done"
         reply: Any = await client.xread({key: cursor}, count=100, block=max(1, int(block * 1000)))
-        hits: list[str] = []
+        hits: list[tuple[str, str, bytes | None]] = []
         for _, entries in reply or ():
             for entry, fields in entries:
                 cursor = entry
-                hits += [i for i, s in _noted(fields.get(b"n", b"")) if i in wanted and s in states]
+                hits += [
+                    hit
+                    for hit in _noted(fields.get(b"n", b""))
+                    if hit[0] in wanted and hit[1] in states
+                ]
         return cursor, hits
 
     async def forget(self, ids: Sequence[str]) -> None:

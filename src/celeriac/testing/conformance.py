@@ -664,6 +664,28 @@ class SinkConformance:
             assert time.monotonic() - started < 0.5
         assert found == {doc("a").id: doc("a", "FAILURE")}
 
+    @pytest.mark.parametrize("size", [10, 1024, 1025, 256 * 1024])
+    async def test_a_waiter_gets_the_whole_document_of_any_size(
+        self,
+        sink: DataSink,
+        sink_url: str,
+        hub: Hub,
+        doc: Callable[..., StoredDocument],
+        size: int,
+    ) -> None:
+        # Backends may carry small bodies in their wake-up and read large ones.
+        stored = doc("big", "SUCCESS", body=bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+        found: dict[str, StoredDocument] = {}
+
+        async def wait() -> None:
+            found.update(await sink.wait([stored.id], 10.0, frozenset({"SUCCESS"})))
+
+        async with self.opened(sink_url, hub) as writer, anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.05)
+            await writer.store([stored], ttl=60)
+        assert found == {stored.id: stored}
+
     async def test_many_documents_in_one_call(
         self, sink: DataSink, doc: Callable[..., StoredDocument]
     ) -> None:

@@ -95,6 +95,7 @@ class Control:
             processed=int(load.get("processed", 0)),
             failed=int(load.get("failed", 0)),
             loop=self.loop,
+            capacity=int(load.get("capacity", 0)),
         )
 
     async def poll_revocations(self) -> None:

@@ -23,10 +23,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import anyio.to_thread
+import msgspec
 
 from celeriac._notify import Notifier
 from celeriac.abc import StoredDocument
+from celeriac.errors import BrokerError, TimeLimitExceeded
+from celeriac.failures.backoff import Retry
+from celeriac.failures.sections import Poisonous, policy_of
 from celeriac.messages import Codec, Envelope
+from celeriac.router.events import EVENT
+from celeriac.router.router import RESOLVE, STARMAP, settled
 from celeriac.tasks.outcome import (
     FAILURE,
     REVOKED,
@@ -40,8 +46,13 @@ from celeriac.tasks.outcome import (
 from celeriac.worker.boxchild import BoxRequest
 from celeriac.worker.boxes import BoxPool
 from celeriac.worker.budget import BudgetStrategy
+from celeriac.worker.canvas_steps import ran_before, resolve, step_done_before
+from celeriac.worker.dedupe import Deduper, Verdict
+from celeriac.worker.failing import Failures
+from celeriac.worker.gate import Gate
 from celeriac.worker.job import Job
 from celeriac.worker.jobqueue import JobQueue
+from celeriac.worker.suspend import Suspensions
 
 if TYPE_CHECKING:
     from celeriac.tasks.task import Kind
@@ -49,10 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "TimeLimitExceeded", "encode_outcome"]
 
 log = logging.getLogger("celeriac.worker")
-
-
-class TimeLimitExceeded(Exception):
-    """The task ran past its time limit and was stopped."""
 
 
 def encode_outcome(codec: Codec, job: Job, outcome: Outcome) -> StoredDocument:
@@ -83,6 +90,10 @@ class Executor:
         *,
         worker_name: str,
         is_revoked: Callable[[str], bool],
+        failures: Failures,
+        deduper: Deduper | None = None,
+        suspensions: Suspensions | None = None,
+        gate: Gate | None = None,
         track_started: bool = True,
         tick: float = 0.01,
     ) -> None:
@@ -91,6 +102,10 @@ class Executor:
         self.codec = codec
         self.worker_name = worker_name
         self.is_revoked = is_revoked
+        self.failures = failures
+        self.deduper = deduper
+        self.suspensions = suspensions or Suspensions()
+        self.gate = gate
         self.track_started = track_started
         self.tick = tick
         self.queue: JobQueue[Job] = JobQueue()
@@ -129,11 +144,19 @@ class Executor:
 
     async def _run_coroutine(self, job: Job) -> Any:
         env = job.envelope
-        return await job.task.fn(*env.args, **env.kwargs)
+        each = _each(env)
+        if each is None:
+            return await job.task.fn(*env.args, **env.kwargs)
+        return [await job.task.fn(*args, **env.kwargs) for args in each]
 
     async def _run_thread(self, job: Job) -> Any:
         env = job.envelope
-        call = functools.partial(job.task.fn, *env.args, **env.kwargs)
+        each = _each(env)
+        fn = job.task.fn
+        if each is None:
+            call = functools.partial(fn, *env.args, **env.kwargs)
+        else:
+            call = functools.partial(_call_each, fn, each, env.kwargs)
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._limiter)
 
     async def _run_boxed(self, job: Job) -> Any:
@@ -147,14 +170,23 @@ class Executor:
             import sys
 
             path = getattr(sys.modules["__main__"], "__file__", None)
-        request = BoxRequest(
-            id=env.id, module=module, qualname=qualname, args=env.args, kwargs=env.kwargs, path=path
-        )
-        # The hard limit is enforced by killing the box; the scope deadline is the soft one.
-        reply = await self._boxes.run(request, timeout=None)
-        if reply.ok:
-            return reply.result
-        raise _RemoteError(reply.error)
+        results = []
+        for args in _each(env) or [env.args]:  # a chunk: one request per call, in turn
+            request = BoxRequest(
+                id=env.id,
+                module=module,
+                qualname=qualname,
+                args=args,
+                kwargs=env.kwargs,
+                path=path,
+                soft_time_limit=job.task.options.soft_time_limit,
+            )
+            # The hard limit is enforced by killing the box.
+            reply = await self._boxes.run(request, timeout=None)
+            if not reply.ok:
+                raise _RemoteError(reply.error, Poisonous() if reply.poisonous else reply.retry)
+            results.append(reply.result)
+        return results if _each(env) is not None else results[0]
 
     async def _execute(self, job: Job, scope: anyio.CancelScope) -> None:
         """Run one job inside its runner's ``scope`` and hand its outcome over.
@@ -169,21 +201,29 @@ class Executor:
                 job, Outcome(state=REVOKED, error=_revoked_info(reason), worker=self.worker_name)
             )
             return
+        if self.suspensions.holds(job, time.monotonic()):
+            return  # parked until its task's suspension ends, or back to the broker
+        if job.step is not None and await step_done_before(job):
+            return
+        if RESOLVE in env.headers and not await resolve(job, self._failed):
+            return
+        env = job.envelope
+        if EVENT in env.headers and await ran_before(job):
+            return
+        if self.deduper is not None and self.deduper.applies(job) and not await self._claim(job):
+            return
+        gate = self.gate if self.gate is not None and self.gate.applies(job) else None
+        if gate is not None and not job.admitted and not await gate.enter(job):
+            return  # it waits in the gate for its limits, and comes back admitted
         self.running[job.id] = job
         job.scope = scope
         if self.track_started and not env.ignore_result:
             job.settle.started(job.id, functools.partial(self._started_document, env))
         started = time.perf_counter()
-        limit = job.task.options.time_limit
         try:
-            if limit is None:
-                value = await self._run_job(job)
-            else:
-                with anyio.move_on_after(limit) as deadline:
-                    value = await self._run_job(job)
-                if deadline.cancelled_caught:
-                    raise TimeLimitExceeded(f"{env.name} ran past its {limit}s limit")
+            value = await self._run_limited(job)
         except anyio.get_cancelled_exc_class():
+            self.suspensions.released(job)
             if job.revoked:
                 self._finish(
                     job, Outcome(state=REVOKED, error=_revoked_info("revoked while running"))
@@ -192,12 +232,11 @@ class Executor:
                 job.settle.release(job.delivery)
             raise
         except _RemoteError as exc:
-            self._finish(job, Outcome(state=FAILURE, error=exc.info, worker=self.worker_name))
+            self._failed(job, exc.info, exc.policy, time.perf_counter() - started)
         except Exception as exc:
-            self._finish(
-                job, Outcome(state=FAILURE, error=error_info(exc), worker=self.worker_name)
-            )
+            self._failed(job, error_info(exc), policy_of(exc), time.perf_counter() - started)
         else:
+            self.suspensions.succeeded(job)
             self._finish(
                 job,
                 Outcome(
@@ -208,10 +247,94 @@ class Executor:
                 ),
             )
         finally:
+            if gate is not None:
+                gate.leave(job)
             job.scope = None
             del self.running[job.id]
             if not self.running and self._stopping:
                 self._idle.notify()
+
+    async def _run_limited(self, job: Job) -> Any:
+        """Run ``job`` under its time limits (see docs/failure-handling.md).
+
+        Coroutines are cancelled at the soft limit (or the hard one, if that is all
+        there is): their ``finally`` blocks and ``async with`` exits run. A thread
+        cannot be interrupted: past its soft limit a warning is logged, at the hard
+        limit it is abandoned (left to finish on its own, its result ignored) and the
+        job fails. A boxed task's box times the soft limit of the call itself
+        (``TimeLimitExceeded`` is raised inside it; the box's start-up does not count)
+        and its process is killed at the hard limit.
+        """
+        options = job.task.options
+        hard, soft = options.time_limit, options.soft_time_limit
+        name = job.envelope.name
+        if hard is None and soft is None:
+            return await self._run_job(job)
+        abandoned = " (its thread was abandoned)" if self.kind == "thread" else ""
+        if self.kind == "coroutine" or soft is None:
+            limit = min(x for x in (hard, soft) if x is not None)
+            which = "soft " if soft is not None and limit == soft else ""
+            with anyio.move_on_after(limit):
+                return await self._run_job(job)
+            raise TimeLimitExceeded(f"{name} ran past its {which}time limit of {limit}s{abandoned}")
+        timer = anyio.CancelScope()
+        assert self._tg is not None
+        self._tg.start_soon(self._soft_limit, job, soft, timer)
+        try:
+            if hard is None:
+                return await self._run_job(job)
+            with anyio.move_on_after(hard):
+                return await self._run_job(job)
+            raise TimeLimitExceeded(f"{name} ran past its time limit of {hard}s{abandoned}")
+        finally:
+            timer.cancel()
+
+    async def _soft_limit(self, job: Job, soft: float, timer: anyio.CancelScope) -> None:
+        with timer:
+            await anyio.sleep(soft)
+            log.warning(
+                "task %s[%s] is past its soft time limit of %ss", job.envelope.name, job.id, soft
+            )
+
+    def _failed(
+        self, job: Job, error: ErrorInfo, section: Poisonous | Retry | None, runtime: float
+    ) -> None:
+        self.processed += 1
+        self.failed += 1
+        self.suspensions.failed(job)
+        self.failures.failed(job, error, section, runtime)
+
+    async def _claim(self, job: Job) -> bool:
+        """Claim the job's dedupe key; False when the job was settled instead of run."""
+        assert self.deduper is not None
+        try:
+            doc_id = self.deduper.key_of(job)
+        except Exception as exc:  # the task's dedupe function is broken: retrying won't help
+            self._failed(job, error_info(exc), Poisonous(), 0.0)
+            return False
+        if doc_id is None:
+            return True
+        try:
+            verdict, owner = await self.deduper.claim(job, doc_id)
+        except BrokerError as exc:
+            log.warning("could not claim %s for %s, retrying later: %s", doc_id, job.id, exc)
+            job.settle.release(job.delivery, 1.0)
+            return False
+        if verdict is Verdict.DUPLICATE:
+            log.info("task %s[%s] is a duplicate of %s: not run", job.envelope.name, job.id, owner)
+            info = ErrorInfo(
+                type="TaskRevoked",
+                module="celeriac.errors",
+                message=f"duplicate of {owner}",
+                args=[f"duplicate of {owner}"],
+            )
+            self._finish(job, Outcome(state=REVOKED, error=info, worker=self.worker_name))
+            return False
+        if verdict is Verdict.ALREADY_DONE:  # ran to the end before; only the ack was lost
+            job.settle.finished(job.delivery, None, ())
+            return False
+        job.dedupe_id = doc_id
+        return True
 
     def _started_document(self, env: Envelope) -> StoredDocument:
         outcome = Outcome(state=STARTED, worker=self.worker_name)
@@ -229,7 +352,13 @@ class Executor:
             if job.envelope.ignore_result and outcome.state == SUCCESS
             else encode_outcome(self.codec, job, outcome)
         )
-        job.settle.finished(job.delivery, doc, job.task.options.sinks)
+        also = []
+        if job.dedupe_id is not None:
+            claim = job.dedupe_id
+            done = outcome.state == SUCCESS
+            also.append(Deduper.done(job, claim) if done else Deduper.released(claim))
+        step = settled(job.envelope, outcome) if job.step is not None else None
+        job.settle.finished(job.delivery, doc, job.task.options.sinks, also, step)
 
     # -- runners and the budget --------------------------------------------------
 
@@ -286,6 +415,8 @@ class Executor:
                     await anyio.sleep(self.tick)
                     if not self._stopping:
                         self._resize()
+                        for job in self.suspensions.due(time.monotonic(), self.kind):
+                            self.queue.put(job, job.envelope.priority)
         finally:
             if self._boxes is not None:
                 await self._boxes.aclose()
@@ -300,7 +431,7 @@ class Executor:
     async def stop(self, grace: float) -> None:
         """Release queued jobs now; give running ones ``grace`` seconds, then release them."""
         self._stopping = True
-        for job in self.queue.drain():
+        for job in self.queue.drain() + self.suspensions.drain(self.kind):
             job.settle.release(job.delivery)
         self.queue.close()
         with anyio.move_on_after(grace) as self._grace_scope:
@@ -324,17 +455,35 @@ class Executor:
                 await self._idle.wait(version)
 
     @property
+    def maximum(self) -> int:
+        """The most jobs this executor's budget may ever run at once."""
+        return int(getattr(self.budget, "maximum", self.budget.limit))
+
+    @property
     def load(self) -> tuple[int, int, int]:
         """(queued, running, current limit)."""
         return len(self.queue), len(self.running), self.budget.limit
 
 
 class _RemoteError(Exception):
-    def __init__(self, info: Any) -> None:
-        super().__init__(str(info))
-        import msgspec
+    """A boxed task's error, with the section policy it left (if any)."""
 
+    def __init__(self, info: Any, policy: Poisonous | Retry | None = None) -> None:
+        super().__init__(str(info))
         self.info = msgspec.convert(info, ErrorInfo)
+        self.policy = policy
+
+
+def _each(env: Envelope) -> list[list[Any]] | None:
+    """The argument lists of a chunk (a starmap step), or None for one plain call."""
+    if env.headers.get(STARMAP) != "starmap" or not env.args:
+        return None
+    prefix, items = env.args[:-1], env.args[-1]
+    return [[*prefix, *item] for item in items]
+
+
+def _call_each(fn: Callable[..., Any], each: list[list[Any]], kwargs: dict[str, Any]) -> list[Any]:
+    return [fn(*args, **kwargs) for args in each]
 
 
 def _revoked_info(reason: str) -> ErrorInfo:

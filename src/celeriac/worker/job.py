@@ -9,6 +9,7 @@ import anyio
 
 from celeriac.abc import Delivery
 from celeriac.messages import Envelope
+from celeriac.router.router import step_of
 
 if TYPE_CHECKING:
     from celeriac.tasks.task import Task
@@ -21,7 +22,18 @@ class Job:
     """A decoded delivery, the task that runs it, its broker's result publisher, and its
     cancel scope once running."""
 
-    __slots__ = ("delivery", "envelope", "released", "revoked", "scope", "settle", "task")
+    __slots__ = (
+        "admitted",
+        "dedupe_id",
+        "delivery",
+        "envelope",
+        "released",
+        "revoked",
+        "scope",
+        "settle",
+        "step",
+        "task",
+    )
 
     def __init__(
         self,
@@ -37,6 +49,9 @@ class Job:
         self.scope: anyio.CancelScope | None = None
         self.revoked = False
         self.released = False
+        self.dedupe_id: str | None = None  # the dedupe claim this job holds, if any
+        self.admitted = False  # its limits' gate let it through (see worker/gate.py)
+        self.step = step_of(envelope)  # (workflow, step) for a step of a running canvas
 
     @property
     def id(self) -> str:

@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 import sniffio
 
+from celeriac.abc import Coordinator
 from celeriac.actors import (
     ActorSystem,
     Backoff,
@@ -35,14 +36,24 @@ from celeriac.actors import (
     Supervisor,
     actor_system,
 )
+from celeriac.brokers import Hub
+from celeriac.coordination import open_coordinator
+from celeriac.router import Router
 from celeriac.runtime import Runtime
+from celeriac.scheduler.priorities import FetchStrategy, ResourceSaturation
 from celeriac.worker.budget import Budget, BudgetStrategy
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.control import Control, Revocations
+from celeriac.worker.dedupe import Deduper
 from celeriac.worker.executor import Executor
+from celeriac.worker.failing import Failures
+from celeriac.worker.gate import Gate
+from celeriac.worker.health import HealthMonitor, connection_checks
 from celeriac.worker.job import RecentIds
+from celeriac.worker.scaling import ScaleFollower
 from celeriac.worker.services import ConnectionsActor
 from celeriac.worker.settle import ResultPublisher
+from celeriac.worker.suspend import Follower, Suspensions
 
 if TYPE_CHECKING:
     from celeriac.app import App
@@ -62,6 +73,8 @@ class Worker:
     per CPU); ``async_concurrency`` caps coroutine tasks. ``grace`` is how long
     running tasks may finish after a stop request before they are returned to
     the broker. ``budgets`` replaces the default budget strategy per kind.
+    ``strategy`` picks the queues of each fetch (default: resource saturation,
+    preferring the queues listed first; see :mod:`celeriac.scheduler.priorities`).
     """
 
     def __init__(
@@ -76,6 +89,7 @@ class Worker:
         grace: float = 30.0,
         heartbeat: float = 2.0,
         budgets: dict[Kind, BudgetStrategy] | None = None,
+        strategy: FetchStrategy | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues) if queues else app.queues()
@@ -98,10 +112,24 @@ class Worker:
         }
         if budgets:
             self.budgets.update(budgets)
+        self.strategy: FetchStrategy = strategy or ResourceSaturation()
         self.prefetch = prefetch or max(256, 2 * threads + 2 * boxes)
         self.recent = RecentIds(app.settings.dedup_window)
         self.revoked = Revocations()
         self.executors: dict[str, Executor] = {}
+        self.failures: Failures | None = None  # made with the executors, at start
+        self.suspensions = Suspensions()
+        self.gate = Gate(
+            self.name,
+            open_coordinator("memory://gate", Hub()),  # this worker's own limits
+            self._coordination,
+            lambda job: self.executors[job.task.kind].submit(job),
+        )
+        self.health: HealthMonitor | None = None
+        self.follower = Follower(self.suspensions, lambda: list(app.tasks), self._coordination)
+        self.scaling = ScaleFollower(
+            app.name, lambda: self._runtime().sink, lambda: self.budgets.values()
+        )
         self.runtime: Runtime | None = None
         self.system: ActorSystem | None = None
         self._built: _Parts | None = None
@@ -133,6 +161,15 @@ class Worker:
             raise RuntimeError("the worker has not been started")
         await self._stopped.wait()
 
+    def capacity(self) -> int:
+        """The most tasks this worker may run at once: the maxima of the kinds it runs.
+
+        Only kinds with tasks routed to this worker's queues count (a worker of
+        thread tasks is not a thousand coroutines strong).
+        """
+        kinds = {t.kind for t in self.app.tasks.values() if t.options.queue in self.queues}
+        return sum(e.maximum for k, e in self.executors.items() if k in kinds)
+
     def stats(self) -> dict[str, Any]:
         """Counters and the load of each executor."""
         processed = sum(e.processed for e in self.executors.values())
@@ -143,10 +180,13 @@ class Worker:
             "processed": processed,
             "failed": failed,
             "running": running,
+            "capacity": self.capacity(),
             "held": sum(len(c.held) for c in consumers),
             "executors": {k: e.load for k, e in self.executors.items()},
             "duplicates": sum(c.duplicates for c in consumers),
             "rejected": sum(c.rejected for c in consumers),
+            "suspended": self.suspensions.suspended(),
+            "health": self.health.states() if self.health is not None else {},
         }
 
     def _cancel(self, id: str) -> None:
@@ -203,7 +243,28 @@ class Worker:
                 depends_on=("executors",),
                 shutdown_timeout=10.0,
             ),
-            # Optional: a worker whose status reports fail still does its work.
+            # Optional: a worker whose checks or status reports fail still does its work.
+            ChildSpec(
+                "suspensions",
+                lambda: ServiceActor(self.follower.run),
+                depends_on=("connections",),
+                mandatory=False,
+                retry_interval=1.0,
+            ),
+            ChildSpec(
+                "autoscaling",
+                lambda: ServiceActor(self.scaling.run),
+                depends_on=("connections",),
+                mandatory=False,
+                retry_interval=1.0,
+            ),
+            ChildSpec(
+                "health",
+                lambda: ServiceActor(self._monitor().run),
+                depends_on=("connections",),
+                mandatory=False,
+                retry_interval=1.0,
+            ),
             ChildSpec(
                 "heartbeats",
                 lambda: ServiceActor(
@@ -238,6 +299,18 @@ class Worker:
             stopped.set()
             log.info("worker %s stopped (%s)", self.name, self.stats())
 
+    def _monitor(self) -> HealthMonitor:
+        if self.health is None:
+            app, runtime = self.app, self._runtime()
+            tasks = list(app.tasks.values())
+            checks = list(app.health_checks.values())
+            for task in tasks:
+                breaker = task.options.breaker
+                checks += list(breaker.health_checks) if breaker is not None else []
+            checks += connection_checks(runtime.brokers, runtime.sinks)
+            self.health = HealthMonitor(checks, tasks, self.suspensions)
+        return self.health
+
     def _runtime(self) -> Runtime:
         assert self.runtime is not None
         return self.runtime
@@ -251,9 +324,15 @@ class Worker:
     async def _run_executors(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        await _run_all([e.run for e in self._parts().executors.values()], task_status)
+        runs = [e.run for e in self._parts().executors.values()]
+        await _run_all([*runs, self.gate.run], task_status)
+
+    async def _coordination(self) -> Coordinator:
+        return await self._runtime().coordination()
 
     async def _stop_executors(self) -> None:
+        for job in self.gate.drain():  # waiting for a limit: back to the broker at once
+            job.settle.release(job.delivery)
         async with anyio.create_task_group() as tg:
             for executor in self._parts().executors.values():
                 tg.start_soon(executor.stop, self.grace)
@@ -281,6 +360,11 @@ class Worker:
     async def _run_consumers(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        if self.app.subscriptions:  # before any event is routed here
+            parts = self._parts()
+            router = parts.default.settle.router
+            assert router is not None
+            await router.register()
         await _run_all([b.consumer.run for b in self._parts().brokers], task_status)
 
     async def _stop_consumers(self) -> None:
@@ -313,6 +397,7 @@ class Worker:
     def _build(self, runtime: Runtime) -> _Parts:
         app = self.app
         is_revoked = self.revoked.__contains__
+        self.failures = Failures(app.codec, app.settings.retry, worker_name=self.name)
         for kind, budget in self.budgets.items():
             self.executors[kind] = Executor(
                 kind,
@@ -320,6 +405,14 @@ class Worker:
                 app.codec,
                 worker_name=self.name,
                 is_revoked=is_revoked,
+                failures=self.failures,
+                deduper=Deduper(
+                    runtime.sinks["default"],
+                    app.settings.dedupe_ttl,
+                    every_message=app.settings.receiver_store,
+                ),
+                suspensions=self.suspensions,
+                gate=self.gate,
                 track_started=app.settings.track_started,
             )
         mapping = self.queue_map()
@@ -338,7 +431,8 @@ class Worker:
             broker,
             runtime.sinks,
             result_ttl=app.settings.result_ttl,
-            on_settled=lambda ds: consumer_ref[0].settled(ds),
+            on_settled=lambda ds, dead: consumer_ref[0].settled(ds, dead),
+            router=Router(app, runtime),
         )
         consumer = Consumer(
             broker,
@@ -350,6 +444,8 @@ class Worker:
             recent=self.recent,
             is_revoked=self.revoked.__contains__,
             prefetch=self.prefetch,
+            max_deliveries=app.settings.max_deliveries,
+            strategy=self.strategy,
         )
         consumer_ref.append(consumer)
         control = Control(
