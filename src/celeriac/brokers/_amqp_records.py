@@ -122,7 +122,8 @@ class StreamLog:
                 ]
             )
             if waits:
-                await asyncio.wait_for(asyncio.gather(*waits), 30.0)
+                async with asyncio.timeout(30.0):
+                    await asyncio.gather(*waits)
         except TimeoutError as exc:
             raise BrokerError(f"timed out reading back {self.name}") from exc
         finally:

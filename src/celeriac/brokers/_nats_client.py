@@ -187,7 +187,17 @@ class NatsConnection:
             finally:
                 nc, self._nc = self._nc, None
                 if nc is not None:
-                    await nc.close()
+                    try:
+                        # nats-py's close flushes and waits for the socket: bounded here, so
+                        # a connection that stopped moving cannot hold a worker's shutdown.
+                        async with asyncio.timeout(self.options.connect_timeout):
+                            await nc.close()
+                    except TimeoutError:
+                        log.warning(
+                            "NATS %s: the connection did not close within %ss; dropped",
+                            self.options.display,
+                            self.options.connect_timeout,
+                        )
 
         with anyio.CancelScope(shield=True):  # a close must finish, even when cancelled
             try:
@@ -245,7 +255,8 @@ class NatsConnection:
             settings["tls"] = ssl.create_default_context()
         try:
             # nats-py retries the first connection forever too: bound it here.
-            nc = await asyncio.wait_for(nats.connect(**settings), opts.connect_timeout)
+            async with asyncio.timeout(opts.connect_timeout):
+                nc = await nats.connect(**settings)
         except TimeoutError:
             raise BrokerError(
                 f"{display}: no NATS server answered within {opts.connect_timeout}s"
@@ -293,7 +304,8 @@ class NatsConnection:
         try:
             for i, (subject, payload, headers) in enumerate(items):
                 await nc.publish(subject, payload, reply=prefix + str(i), headers=headers)
-            return await asyncio.wait_for(future, wait)
+            async with asyncio.timeout(wait):
+                return await future
         except TimeoutError:
             raise BrokerError(
                 f"{self.options.display}: {calls.left} of {len(items)} replies missing"

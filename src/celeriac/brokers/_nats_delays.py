@@ -138,7 +138,8 @@ class Mover:
         count = 0
         while self._open and count < _BATCH:
             try:
-                first = await asyncio.wait_for(msgs.get(), deadline - time.monotonic())
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    first = await msgs.get()
             except TimeoutError:
                 return
             batch = [first] if first is not None else []

@@ -232,7 +232,8 @@ class Consumers:
             try:
                 payload = b'{"batch":%d,"no_wait":true}' % batch
                 await self._conn.client.publish(level.next, payload, reply=level.inbox)
-                await asyncio.wait_for(request.done, self._conn.options.request_timeout)
+                async with asyncio.timeout(self._conn.options.request_timeout):
+                    await request.done
                 return request.got
             except TimeoutError:
                 raise BrokerError(

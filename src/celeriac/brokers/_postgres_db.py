@@ -305,7 +305,8 @@ class Database:
             listener.terminate()
         if pool is not None:
             try:
-                await asyncio.wait_for(pool.close(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await pool.close()
             except (TimeoutError, *_ERRORS):
                 pool.terminate()
 
