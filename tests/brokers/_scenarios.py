@@ -53,8 +53,10 @@ async def check_a_waiting_fetch_and_wait_wake_within_milliseconds(url: str) -> N
                 now = str(time.time()).encode()
                 await producer.publish([Outgoing("q", str(n), now)])
                 await writer.store([StoredDocument(f"doc-{n}", "SUCCESS", now)], ttl=60)
-    assert statistics.median(fetched) < 0.02
-    assert statistics.median(woken) < 0.02
+    # Pushed wake-ups take a few ms; the fallbacks (a poll, a blocking read's timeout)
+    # take 125 ms and more. The bound leaves room for a loaded machine.
+    assert statistics.median(fetched) < 0.05
+    assert statistics.median(woken) < 0.05
 
 
 async def check_a_delayed_message_comes_soon_after_its_eta(broker: Broker) -> None:

@@ -55,7 +55,10 @@ class TestNatsServerRestart(ServerRestartConformance):
         binary = nats_server_binary()
         if binary is None:
             pytest.skip("nats-server is not installed")
-        with NatsServer(tmp_path, binary) as server:
+        # A message delivered just before the kill whose reply was lost with the
+        # connection is leased until AckWait runs out: 5 s here, not the 30 s default,
+        # so the test does not wait on the lease but on the reconnection.
+        with NatsServer(tmp_path, binary, options="visibility_timeout=5") as server:
             yield server
 
 

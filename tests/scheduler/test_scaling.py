@@ -49,7 +49,9 @@ async def test_one_scheduler_leads_and_a_backlog_with_no_workers_means_up(
             await app.send_task("scaling.work", (30,)).confirmed_async()
             runtime = app._runtime_here()
             first, second = (
-                AutoscaleSignals(app, coordinator, name=n, interval=0.3) for n in ("a", "b")
+                # A long interval: the leader's lease (3 intervals) outlasts a slow step.
+                AutoscaleSignals(app, coordinator, name=n, interval=5.0)
+                for n in ("a", "b")
             )
             up = await first.step(runtime)
             assert await second.step(runtime) is None  # a leads; b only follows

@@ -83,6 +83,24 @@ async def wait_for_workers(app: App, count: int, timeout: float = 20) -> None:
     raise AssertionError(f"{count} worker(s) did not come up within {timeout}s")
 
 
+async def wait_ready(process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Wait until the worker ``process`` (started with ``log=log``) says it is ready.
+
+    A SIGTERM that reaches a worker still importing its app ends it by the signal's
+    default action (nothing is claimed yet, so nothing is lost): tests that check a
+    clean exit stop a worker only once it is ready.
+    """
+    tag = f":{process.pid}:"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"worker {process.pid} exited with {process.returncode}")
+        if any(tag in line and " ready: queues" in line for line in lines(log)):
+            return
+        await anyio.sleep(0.05)
+    raise AssertionError(f"worker {process.pid} was not ready within {timeout}s")
+
+
 def lines(path: Path) -> list[str]:
     """The lines of a side-effect file (empty if it does not exist)."""
     return path.read_text().splitlines() if path.exists() else []

@@ -27,7 +27,7 @@ import anyio
 import pytest
 from tests.worker.brokers import short_lease_broker
 from tests.worker.chaos_app import build
-from tests.worker.helpers import spawn_worker, stop
+from tests.worker.helpers import spawn_worker, stop, wait_ready
 
 from celeriac import TaskRevoked
 
@@ -57,9 +57,13 @@ async def test_sigkilled_workers_lose_nothing_and_run_no_duplicate(
         worker = spawn_worker(broker, app="tests.worker.chaos_app:app", log=log)
         try:
             with anyio.fail_after(240):
-                # Kill the worker at random moments while the work runs.
+                # Kill the worker at random moments while the work runs: after it has
+                # done another 50-250 tasks (by progress, not time: a fast worker
+                # would otherwise finish between two kills).
                 while _done_count(effects) < TASKS * 0.9 and kills < 8:
-                    await anyio.sleep(rng.uniform(0.2, 1.0))
+                    target = min(TASKS, _done_count(effects) + rng.randint(50, 250))
+                    while _done_count(effects) < target:
+                        await anyio.sleep(rng.uniform(0.001, 0.01))
                     worker.send_signal(signal.SIGKILL)
                     worker.wait()
                     kills += 1
@@ -67,6 +71,8 @@ async def test_sigkilled_workers_lose_nothing_and_run_no_duplicate(
                 values = [await r for r in originals[DUPLICATES:]]
                 firsts = [await _outcome(a) for a in originals[:DUPLICATES]]
                 seconds = [await _outcome(b) for b in copies]
+                # The last worker may have been started after the work was done.
+                await wait_ready(worker, log)
         finally:
             code = stop(worker) if worker.poll() is None else worker.returncode
     assert code == 0, log.read_text()[-3000:]

@@ -12,7 +12,14 @@ from pathlib import Path
 import anyio
 import pytest
 from tests.apps.basic import make_app
-from tests.worker.helpers import lines, spawn_worker, stop, wait_for_workers, worker_process
+from tests.worker.helpers import (
+    lines,
+    spawn_worker,
+    stop,
+    wait_for_workers,
+    wait_ready,
+    worker_process,
+)
 
 from celeriac import App
 
@@ -65,9 +72,16 @@ async def test_sigkilled_worker_loses_no_message(tmp_path: Path) -> None:
     async with app:
         results = [app.send_task("basic.sleep", (0.4, str(log), f"t{i}")) for i in range(count)]
         first = spawn_worker(broker, "--prefetch", "10", "--async-concurrency", "5")
+
+        def running() -> set[str]:
+            effects = lines(log)
+            started = {line.split()[1] for line in effects if line.startswith("start")}
+            return started - {line.split()[1] for line in effects if line.startswith("end")}
+
+        # Kill it in the middle of things: some tasks done, some running.
         with anyio.fail_after(20):
-            while sum(line.startswith("end") for line in lines(log)) < 5:
-                await anyio.sleep(0.02)
+            while sum(line.startswith("end") for line in lines(log)) < 5 or not running():
+                await anyio.sleep(0.01)
         first.send_signal(signal.SIGKILL)
         first.wait()
         in_flight = {line.split()[1] for line in lines(log) if line.startswith("start")} - {
@@ -153,11 +167,10 @@ def test_call_command_prints_the_result(sqlite_url: str) -> None:
     assert out.stdout.decode().strip() == "42"
 
 
-def test_worker_stops_cleanly_on_sigint(sqlite_url: str) -> None:
-    worker = spawn_worker(sqlite_url)
-    import time
-
-    time.sleep(1.5)
+async def test_worker_stops_cleanly_on_sigint(sqlite_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    worker = spawn_worker(sqlite_url, log=log)
+    await wait_ready(worker, log)
     worker.send_signal(signal.SIGINT)
     assert stop(worker) == 0
 

@@ -62,6 +62,8 @@ class ServerRestartConformance:
         sent: list[str] = []
         received: set[str] = set()
         fetch_errors = 0
+        last_error: BrokerError | None = None
+        stats = "no stats"
 
         def submit(count: int) -> None:
             for _ in range(count):
@@ -70,15 +72,16 @@ class ServerRestartConformance:
                 publisher.submit(server.url, message)
 
         async def consume() -> None:
-            nonlocal fetch_errors
+            nonlocal fetch_errors, last_error
             while True:
                 try:
                     deliveries = await consumer.fetch([queue], 100, 0.2)
                     if deliveries:
                         await consumer.ack(deliveries)
                         received.update(d.id for d in deliveries)
-                except BrokerError:
+                except BrokerError as exc:
                     fetch_errors += 1
+                    last_error = exc
                     await anyio.sleep(0.1)
 
         try:
@@ -94,12 +97,39 @@ class ServerRestartConformance:
                 await anyio.sleep(self.outage_seconds)
                 await anyio.to_thread.run_sync(server.start)
                 submit(200)
-                with anyio.fail_after(self.recovery_seconds):
+                with anyio.move_on_after(self.recovery_seconds):
                     while received != set(sent):
                         await anyio.sleep(0.05)
                 tg.cancel_scope.cancel()
+            if received != set(sent):  # what the server says, for the failure's message
+                with anyio.move_on_after(10):
+                    try:
+                        counts = (await consumer.stats())[queue]
+                        stats = f"the server's count for the queue: {counts}"
+                    except (BrokerError, KeyError) as exc:
+                        stats = f"no stats: {exc!r}"
         finally:
             with anyio.CancelScope(shield=True):
                 await producer.close()
                 await consumer.close()
-        assert received == set(sent)
+        missing = [i for i in sent if i not in received]
+        assert not missing, (
+            f"{len(missing)} of {len(sent)} messages never came back within"
+            f" {self.recovery_seconds}s of the restart (positions {_spans(sent, missing)});"
+            f" {fetch_errors} fetches failed, the last with {last_error!r};"
+            f" {len(publisher)} still wait in the publisher; {stats}"
+        )
+
+
+def _spans(sent: list[str], missing: list[str]) -> str:
+    """Where the missing messages were in publishing order, as ranges: ``0-99, 250``."""
+    gone = set(missing)
+    positions = [i for i, id in enumerate(sent) if id in gone]
+    spans: list[str] = []
+    start = prev = positions[0]
+    for p in [*positions[1:], -2]:
+        if p != prev + 1:
+            spans.append(f"{start}-{prev}" if prev > start else str(start))
+            start = p
+        prev = p
+    return ", ".join(spans)
