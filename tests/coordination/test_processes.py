@@ -127,14 +127,18 @@ async def test_four_processes_never_hold_more_than_two_slots_at_once(
 async def test_four_processes_share_one_rate_of_twenty_per_second(
     coordinator: Coordinator,
 ) -> None:
-    # GCRA admits at most BURST + RATE * 5 = 105 units in the 5 s window; the lower
-    # bound holds unless the whole machine stalls for more than half a second.
+    # Every unit counted was admitted within the 5 s window of the store's clock, and
+    # GCRA admits at most BURST + RATE * 5 = 105 units in it: that bound is exact. The
+    # lower one is liveness only: 70 % of the rate leaves room for the machine to
+    # stall for over a second, while a limiter admitting at half the rate (BURST + 50)
+    # falls short of it.
     key = f"rate-{uuid.uuid4().hex[:8]}"
     async with _spawned("throttle", coordinator.url, key) as spawned:
         results = await _run(coordinator, spawned, seconds=5.0)
     admitted = sum(int(line.split()[0]) for line in results)
     expected = RATE * 5
-    assert expected - (BURST + 2) <= admitted <= expected + BURST + 2
+    assert admitted <= expected + BURST + 2
+    assert admitted >= 0.7 * expected
 
 
 async def test_a_killed_holders_slot_comes_back_after_its_ttl(coordinator: Coordinator) -> None:
@@ -147,7 +151,11 @@ async def test_a_killed_holders_slot_comes_back_after_its_ttl(coordinator: Coord
         assert word == "held"
         process.send_signal(signal.SIGKILL)
         assert await process.wait() == -signal.SIGKILL
-    assert not await coordinator.acquire(key, "next", 1, ttl)  # the dead holder's lease lives
+    # The dead holder's lease lives on: no one is admitted before it ran out, which is
+    # at least ttl after ``before``. (Had the machine stalled that long since the kill,
+    # "next" may be admitted here, but never earlier than that.)
+    admitted = await coordinator.acquire(key, "next", 1, ttl)
+    assert not admitted or await coordinator.time() >= float(before) + ttl
     assert await coordinator.holding(key) == 1
     with anyio.fail_after(ttl + 30):
         while not await coordinator.acquire(key, "next", 1, ttl):

@@ -102,8 +102,11 @@ async def _fetch_all(
 _IMPORT_ROOT = str(Path(celeriac.brokers.__file__).resolve().parents[2])
 
 # A consumer that fetches, reports what it holds, and waits to be SIGKILLed.
+# It kills itself the moment it has said what it fetched: a kill sent from outside
+# could come after the lease ran out in a live process (on RabbitMQ, whose leases
+# are the client's, that returns and counts the delivery once more).
 _DOOMED_CONSUMER = """
-import sys, anyio
+import os, signal, sys, anyio
 from celeriac.brokers import Hub, open_broker
 
 async def main(url, queue, count):
@@ -113,7 +116,7 @@ async def main(url, queue, count):
     while len(got) < count:
         got += await broker.fetch([queue], count - len(got), 5.0)
     print(" ".join(d.id for d in got), flush=True)
-    await anyio.sleep(120)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
 """
@@ -167,6 +170,15 @@ class BrokerConformance:
         async with self.opened(with_options(broker_url, visibility_timeout=self.lease), hub) as b:
             yield b
 
+    @pytest.fixture
+    async def extending(self, broker_url: str, hub: Hub) -> AsyncIterator[Broker]:
+        """Like :meth:`leasing`, with leases of twice :attr:`lease`: the extend tests
+        need their ``extend`` to reach the broker before the lease it extends runs
+        out, even when the machine stalls for a while between two calls."""
+        visibility = self.lease * 2
+        async with self.opened(with_options(broker_url, visibility_timeout=visibility), hub) as b:
+            yield b
+
     # -- publish, fetch, ack --------------------------------------------------------------
 
     async def test_published_message_is_fetched_with_its_fields_then_acked_for_good(
@@ -215,7 +227,7 @@ class BrokerConformance:
             await producer.publish([_out(queue)])
             with anyio.fail_after(5):
                 await arrived.wait()
-            assert time.monotonic() - started < 0.5
+            assert time.monotonic() - started < 2  # woken, not left to its 10 s timeout
         assert len(got) == 1
 
     async def test_messages_survive_closing_the_instance_that_published_them(
@@ -249,11 +261,14 @@ class BrokerConformance:
     async def test_nack_with_delay_holds_the_message_back(self, broker: Broker, queue: str) -> None:
         await broker.publish([_out(queue)])
         [first] = await broker.fetch([queue], 1, 2.0)
-        due = time.time() + 0.3
+        due = time.time() + 0.3  # the delay starts after this
         await broker.nack([first], delay=0.3)
-        assert await broker.fetch([queue], 1, 0.0) == []
-        assert (await broker.stats())[queue] == QueueStats(ready=0, delayed=1, in_flight=0)
-        [again] = await broker.fetch([queue], 1, 3.0)
+        early = await broker.fetch([queue], 1, 0.0)
+        stats = (await broker.stats())[queue]
+        if time.time() < due:  # read before it was due (unless the machine stalled that long)
+            assert early == []
+            assert stats == QueueStats(ready=0, delayed=1, in_flight=0)
+        [again] = early or await broker.fetch([queue], 1, 5.0)
         assert time.time() >= due - 0.01
         assert (again.id, again.deliveries) == (first.id, 2)
 
@@ -261,34 +276,41 @@ class BrokerConformance:
         self, leasing: Broker, queue: str
     ) -> None:
         await leasing.publish([_out(queue)])
+        started = time.monotonic()  # the lease starts after this
         [first] = await leasing.fetch([queue], 1, 2.0)
-        assert await leasing.fetch([queue], 1, 0.0) == []
-        started = time.monotonic()
-        [again] = await leasing.fetch([queue], 1, self.lease + 3.0)
-        assert time.monotonic() - started >= self.lease * 0.5
+        # Not handed out again before the lease ran out: neither at once (unless the
+        # machine stalled that long, which the bound below allows) nor while waiting.
+        early = await leasing.fetch([queue], 1, 0.0)
+        [again] = early or await leasing.fetch([queue], 1, self.lease + 3.0)
+        assert time.monotonic() - started >= self.lease * 0.9
         assert (again.id, again.deliveries) == (first.id, 2)
         await leasing.ack([again])
 
-    async def test_extend_keeps_the_lease(self, leasing: Broker, queue: str) -> None:
-        await leasing.publish([_out(queue)])
-        [held] = await leasing.fetch([queue], 1, 2.0)
-        await leasing.extend([held], self.lease * 4)
-        assert await leasing.fetch([queue], 1, self.lease * 2) == []  # past the first lease
-        [again] = await leasing.fetch([queue], 1, self.lease * 4 + 3.0)
+    async def test_extend_keeps_the_lease(self, extending: Broker, queue: str) -> None:
+        lease = self.lease * 2  # extending's
+        extension = lease * 2.5  # well past the first lease and a redelivery after it
+        await extending.publish([_out(queue)])
+        [held] = await extending.fetch([queue], 1, 2.0)
+        started = time.monotonic()  # the extension starts after this
+        await extending.extend([held], extension)
+        # Handed out again once the extension ran out, not when the first lease did.
+        [again] = await extending.fetch([queue], 1, extension + 3.0)
+        assert time.monotonic() - started >= extension * 0.9
         assert (again.id, again.deliveries) == (held.id, 2)
 
     async def test_a_stale_delivery_cannot_nack_or_extend_the_current_one(
-        self, leasing: Broker, broker: Broker, queue: str
+        self, extending: Broker, broker: Broker, queue: str
     ) -> None:
-        await leasing.publish([_out(queue)])
-        [stale] = await leasing.fetch([queue], 1, 2.0)
-        [current] = await leasing.fetch([queue], 1, self.lease + 3.0)  # after the lease ran out
+        lease = self.lease * 2  # extending's
+        await extending.publish([_out(queue)])
+        [stale] = await extending.fetch([queue], 1, 2.0)
+        [current] = await extending.fetch([queue], 1, lease + 3.0)  # after the lease ran out
         assert current.deliveries == 2
-        await leasing.extend([current], 60.0)
-        await leasing.nack([stale])
-        await leasing.extend([stale], 0.0)
+        await extending.extend([current], 60.0)
+        await extending.nack([stale])
+        await extending.extend([stale], 0.0)
         assert await broker.fetch([queue], 1, self.lease) == []
-        await leasing.ack([current])
+        await extending.ack([current])
 
     async def test_redelivery_after_the_consumer_process_is_killed(
         self, broker_url: str, leasing: Broker, queue: str
@@ -309,8 +331,7 @@ class BrokerConformance:
             with anyio.fail_after(30):
                 while not line.endswith(b"\n"):
                     line += await process.stdout.receive()
-            process.send_signal(signal.SIGKILL)
-            assert await process.wait() == -signal.SIGKILL
+                assert await process.wait() == -signal.SIGKILL
         assert sorted(line.decode().split()) == sorted(m.id for m in sent)
         again = await _fetch_all(leasing, [queue], len(sent), within=self.lease + 5.0)
         assert sorted(d.id for d in again) == sorted(m.id for m in sent)
@@ -349,9 +370,12 @@ class BrokerConformance:
     ) -> None:
         eta = time.time() + 0.3
         await broker.publish([_out(queue, eta=eta)])
-        assert await broker.fetch([queue], 1, 0.0) == []
-        assert (await broker.stats())[queue] == QueueStats(ready=0, delayed=1, in_flight=0)
-        [d] = await broker.fetch([queue], 1, 3.0)
+        early = await broker.fetch([queue], 1, 0.0)
+        stats = (await broker.stats())[queue]
+        if time.time() < eta:  # read before the eta (unless the machine stalled that long)
+            assert early == []
+            assert stats == QueueStats(ready=0, delayed=1, in_flight=0)
+        [d] = early or await broker.fetch([queue], 1, 5.0)
         assert time.time() >= eta
         assert d.deliveries == 1
 
@@ -490,14 +514,18 @@ class BrokerConformance:
     async def test_heartbeats_list_live_workers_until_they_expire_or_are_forgotten(
         self, broker: Broker
     ) -> None:
-        now = time.time()
+        now, started = time.time(), time.monotonic()  # b's ttl starts after this
         a = WorkerInfo("a", "host", 1, ["q"], started_at=now, seen_at=now)
         b = WorkerInfo("b", "host", 2, ["q", "r"], started_at=now, seen_at=now, loop="trio")
         await broker.heartbeat(a, ttl=60)
         await broker.heartbeat(b, ttl=0.3)
         a2 = WorkerInfo("a", "host", 1, ["q"], started_at=now, seen_at=now + 1, processed=7)
         await broker.heartbeat(a2, ttl=60)
-        assert sorted(await broker.workers(), key=lambda w: w.name) == [a2, b]
+        listed = sorted(await broker.workers(), key=lambda w: w.name)
+        if time.monotonic() - started < 0.3:  # within b's ttl (unless the machine stalled)
+            assert listed == [a2, b]
+        else:
+            assert listed in ([a2], [a2, b])
         await anyio.sleep(0.4)
         assert await broker.workers() == [a2]
         await broker.forget_worker("a")
@@ -611,9 +639,14 @@ class SinkConformance:
     async def test_an_expired_document_is_gone_and_counts_as_absent(
         self, sink: DataSink, doc: Callable[..., StoredDocument]
     ) -> None:
+        started = time.monotonic()  # a's ttl starts after this
         await sink.store([doc("a", body=b"old")], ttl=0.3)
         await sink.store([doc("b")], ttl=60)
-        assert set(await sink.get([doc("a").id, doc("b").id])) == {doc("a").id, doc("b").id}
+        found = set(await sink.get([doc("a").id, doc("b").id]))
+        if time.monotonic() - started < 0.3:  # within a's ttl (unless the machine stalled)
+            assert found == {doc("a").id, doc("b").id}
+        else:
+            assert doc("b").id in found
         await anyio.sleep(0.4)
         assert set(await sink.get([doc("a").id, doc("b").id])) == {doc("b").id}
         await sink.store_if_absent([doc("a", body=b"new")], ttl=None)
@@ -661,7 +694,7 @@ class SinkConformance:
             await writer.store([doc("a", "FAILURE")], ttl=None)
             with anyio.fail_after(5):
                 await arrived.wait()
-            assert time.monotonic() - started < 0.5
+            assert time.monotonic() - started < 2  # woken, not left to its 10 s timeout
         assert found == {doc("a").id: doc("a", "FAILURE")}
 
     @pytest.mark.parametrize("size", [10, 1024, 1025, 256 * 1024])
