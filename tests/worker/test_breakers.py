@@ -41,23 +41,26 @@ async def test_a_tripped_breaker_suspends_the_task_until_it_half_opens(
     async def other() -> str:
         return "flows"
 
-    app.register("t.api", call_api, breaker=CircuitBreaker(failures=2, reset_after=0.6))
+    reset_after = 2.0
+    app.register("t.api", call_api, breaker=CircuitBreaker(failures=2, reset_after=reset_after))
     app.register("t.other", other)
     async with running(app) as worker:
         for n in (1, 2):
             with pytest.raises(Flaky):
                 await app.send_task("t.api", (n,))
-        tripped_at = time.monotonic()
         assert "t.api" in worker.stats()["suspended"]
+        # From here on the API works: the next run succeeds whenever it comes, so how
+        # long the lines below take cannot change the outcome; when it came is checked.
+        broken[0] = False
         later = [app.send_task("t.api", (n,)) for n in (3, 4)]
         assert await app.send_task("t.other") == "flows"  # the queue keeps flowing
-        await anyio.sleep(0.2)
-        assert len(starts) == 2  # nothing of t.api ran while the breaker was open
-        broken[0] = False
         with anyio.fail_after(10):
             assert [await r for r in later] == [3, 4]
         assert worker.stats()["suspended"] == {}
-    assert starts[2] >= tripped_at + 0.5  # the first run after the trip came when it half-opened
+    assert len(starts) == 4
+    # The second run started before the failure that tripped the breaker: nothing of
+    # t.api ran until the breaker half-opened, ``reset_after`` after the trip.
+    assert starts[2] - starts[1] >= reset_after - 0.05
 
 
 async def test_a_failed_trial_trips_it_again_for_longer(app: App, running: Running) -> None:
@@ -100,7 +103,7 @@ async def test_health_checks_trip_breakers_and_failing_checks_are_only_logged(
 
     breaker = CircuitBreaker(
         failures=3,
-        reset_after=0.5,
+        reset_after=2.0,  # far longer than the check below takes: the trip still holds
         health_checks=[payments_api],
         thresholds={HealthState.UNHEALTHY: 2},
     )
@@ -130,17 +133,18 @@ def test_breaker_options_are_checked(app: App) -> None:
 
 
 async def test_tasks_guarding_one_service_share_its_breaker(app: App, running: Running) -> None:
-    runs: list[str] = []
+    runs: list[tuple[str, float]] = []
 
     async def charge() -> None:
-        runs.append("charge")
+        runs.append(("charge", time.monotonic()))
         raise Flaky("payments down")
 
     async def refund() -> str:
-        runs.append("refund")
+        runs.append(("refund", time.monotonic()))
         return "refunded"
 
-    payments = CircuitBreaker(failures=2, reset_after=0.6, service="payments")
+    reset_after = 2.0
+    payments = CircuitBreaker(failures=2, reset_after=reset_after, service="payments")
     app.register("t.charge", charge, breaker=payments)
     app.register("t.refund", refund, breaker=payments)
     async with running(app):
@@ -148,7 +152,9 @@ async def test_tasks_guarding_one_service_share_its_breaker(app: App, running: R
             with pytest.raises(Flaky):
                 await app.send_task("t.charge")
         later = app.send_task("t.refund")  # another task of the same service
-        await anyio.sleep(0.3)
-        assert runs == ["charge", "charge"]  # the service's breaker is open: it waits
         with anyio.fail_after(10):
             assert await later == "refunded"  # its trial run, once the breaker half-opens
+    assert [name for name, _ in runs] == ["charge", "charge", "refund"]
+    # The second charge started before its failure tripped the service's breaker: the
+    # refund waited for it to half-open, ``reset_after`` after the trip.
+    assert runs[2][1] - runs[1][1] >= reset_after - 0.05

@@ -9,7 +9,7 @@ broker for other workers, while ``io`` tasks keep flowing. With
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -26,11 +26,13 @@ pytestmark = pytest.mark.anyio
 Running = Callable[..., AbstractAsyncContextManager[Worker]]
 
 
-def build(url: str) -> App:
+def build(url: str, started: threading.Event, release: threading.Event) -> App:
+    """Slow tasks set ``started`` and then block until the test sets ``release``."""
     app = App("saturation", broker=url, retry=None)
 
     def slow(n: int) -> int:
-        time.sleep(0.2)
+        started.set()
+        release.wait(30)  # held until the test has counted the queue (30 s: a safety net)
         return n
 
     async def quick(n: int) -> int:
@@ -47,9 +49,14 @@ def build(url: str) -> App:
 async def test_a_full_budget_leaves_its_queue_in_the_broker(
     sqlite_url: str, running: Running, strategy: FetchStrategy, left_behind: bool
 ) -> None:
-    app = build(sqlite_url)
+    started, release = threading.Event(), threading.Event()
+    app = build(sqlite_url, started, release)
     broker = open_broker(sqlite_url, Hub())
     await broker.connect()
+    # No slow task ends before ``release``: the worker's hold on queue ``cpu`` can only
+    # grow while the test counts, whatever the machine's speed. With saturation it
+    # takes one to run and one to buffer; without, all twelve.
+    taken = 2 if left_behind else 12
 
     async def cpu() -> QueueStats:
         return (await broker.stats()).get("cpu", QueueStats(0, 0, 0))
@@ -57,14 +64,23 @@ async def test_a_full_budget_leaves_its_queue_in_the_broker(
     try:
         async with running(app, queues=["cpu", "io"], concurrency=1, strategy=strategy):
             slow = [app.send_task("s.slow", (n,)) for n in range(12)]
-            with anyio.fail_after(10):
-                while not (await cpu()).in_flight:
-                    await anyio.sleep(0.02)
-                await anyio.sleep(0.3)  # a fetch or two later
-                waiting = (await cpu()).ready
-                quick = [app.send_task("s.quick", (n,)) for n in range(50)]
-                assert [await r for r in quick] == list(range(50))
-                still = (await cpu()).ready
+            try:
+                with anyio.fail_after(10):
+                    # All twelve in the broker, the first running, the worker's share taken.
+                    while (
+                        (stats := await cpu()).in_flight < taken
+                        or stats.ready + stats.in_flight < 12
+                        or not started.is_set()
+                    ):
+                        await anyio.sleep(0.02)
+                    waiting = (await cpu()).ready
+                    # The worker fetches again and again for the I/O work, which goes past
+                    # the waiting cpu messages; it still takes no more of them.
+                    quick = [app.send_task("s.quick", (n,)) for n in range(50)]
+                    assert [await r for r in quick] == list(range(50))
+                    still = (await cpu()).ready
+            finally:
+                release.set()
             with anyio.fail_after(30):
                 assert [await r for r in slow] == list(range(12))
     finally:
@@ -72,6 +88,6 @@ async def test_a_full_budget_leaves_its_queue_in_the_broker(
     if left_behind:
         # One running, one buffered: the other ten wait in the broker, and I/O work
         # went past them.
-        assert (waiting >= 8, still >= 6) == (True, True), (waiting, still)
+        assert (waiting, still) == (10, 10)
     else:
         assert (waiting, still) == (0, 0)

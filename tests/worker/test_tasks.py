@@ -62,7 +62,7 @@ async def test_time_limit_cancels_a_coroutine_task(app: App, running: Running) -
 
 async def test_boxed_task_past_its_limit_is_killed(app: App, running: Running) -> None:
     async with running(app):
-        with anyio.fail_after(5):
+        with anyio.fail_after(20):  # the first boxed task also starts its box process
             with pytest.raises(TimeLimitExceeded, match=r"time limit of 0\.5s"):
                 await app.send_task("basic.boxed_slow")
         assert await app.send_task("basic.boxed_mul", (2, 3)) == 6
@@ -76,15 +76,15 @@ async def test_box_that_dies_fails_its_task_and_is_replaced(app: App, running: R
 
 
 async def test_states_move_from_pending_to_success(app: App, running: Running) -> None:
-    result = app.send_task("basic.sleep", (0.5,))
+    result = app.send_task("basic.sleep", (3,))  # long enough to be seen running
     async with app:
         await anyio.sleep(0.1)
         assert await result.get_state() == "PENDING"
     async with running(app):
-        with anyio.fail_after(5):
+        with anyio.fail_after(10):
             while await result.get_state() != "STARTED":
                 await anyio.sleep(0.02)
-        assert await result.get_async(timeout=5) == ""
+        assert await result.get_async(timeout=10) == ""
         assert await result.get_state() == "SUCCESS"
 
 
@@ -109,10 +109,13 @@ async def test_expired_message_is_not_run(app: App, running: Running, tmp_path: 
 async def test_revoked_before_start_never_runs(app: App, running: Running, tmp_path: Path) -> None:
     log = tmp_path / "log"
     async with running(app):
-        result = app.send_task("basic.record", (str(log), "x"), countdown=0.5)
+        sent = anyio.current_time()
+        # The revocation is stored long before the eta, however slow the machine.
+        result = app.send_task("basic.record", (str(log), "x"), countdown=1.5)
         await result.revoke_async()
         assert await result.get_state() == "REVOKED"
-        await anyio.sleep(1.0)
+        # Past the eta: the message is due, and the worker must drop it, not run it.
+        await anyio.sleep(max(0.0, sent + 1.5 + 0.3 - anyio.current_time()))
         with pytest.raises(TaskRevoked):
             await result.get_async(timeout=1)
         assert await app.send_task("basic.add", (1, 1)) == 2
